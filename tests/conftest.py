@@ -1,0 +1,45 @@
+"""Shared pytest setup.
+
+Tests run on the CPU. Multi-device tests start a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=N (see `run_with_devices`),
+because the device count is fixed when jax is first imported.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_with_devices(code: str, n_devices: int, timeout: int = 600, env=None) -> str:
+  """Runs `code` in a fresh python with `n_devices` fake CPU devices.
+
+  Returns its stdout; raises with stdout/stderr if it exits non-zero.
+  """
+  full_env = dict(os.environ)
+  full_env["XLA_FLAGS"] = (
+      full_env.get("XLA_FLAGS", "") +
+      f" --xla_force_host_platform_device_count={n_devices}").strip()
+  full_env["JAX_PLATFORMS"] = "cpu"
+  full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
+  if env:
+    full_env.update(env)
+  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                        capture_output=True, text=True, timeout=timeout,
+                        env=full_env, cwd=REPO)
+  if proc.returncode != 0:
+    raise AssertionError(
+        f"subprocess failed ({proc.returncode})\nstdout:\n{proc.stdout}\n"
+        f"stderr:\n{proc.stderr[-6000:]}")
+  return proc.stdout
+
+
+@pytest.fixture
+def rng():
+  import numpy as np
+  return np.random.default_rng(0)
