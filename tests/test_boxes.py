@@ -1,0 +1,156 @@
+"""ops.boxes against plain NumPy transcriptions of the seed's formulas."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ops import boxes as B
+
+
+def np_bbox_overlaps(a, b):
+  """The seed's bbox_overlaps (utils/cython_bbox), one pair at a time."""
+  out = np.zeros((len(a), len(b)), np.float64)
+  for i, p in enumerate(a):
+    for j, q in enumerate(b):
+      iw = min(p[2], q[2]) - max(p[0], q[0]) + 1
+      ih = min(p[3], q[3]) - max(p[1], q[1]) + 1
+      if iw > 0 and ih > 0:
+        ua = ((p[2] - p[0] + 1) * (p[3] - p[1] + 1) +
+              (q[2] - q[0] + 1) * (q[3] - q[1] + 1) - iw * ih)
+        out[i, j] = iw * ih / ua
+  return out
+
+
+def np_bbox_transform(ex_rois, gt_rois):
+  """The seed's bbox_transform."""
+  ex_w = ex_rois[:, 2] - ex_rois[:, 0] + 1.0
+  ex_h = ex_rois[:, 3] - ex_rois[:, 1] + 1.0
+  ex_x = ex_rois[:, 0] + 0.5 * ex_w
+  ex_y = ex_rois[:, 1] + 0.5 * ex_h
+  gt_w = gt_rois[:, 2] - gt_rois[:, 0] + 1.0
+  gt_h = gt_rois[:, 3] - gt_rois[:, 1] + 1.0
+  gt_x = gt_rois[:, 0] + 0.5 * gt_w
+  gt_y = gt_rois[:, 1] + 0.5 * gt_h
+  return np.stack([(gt_x - ex_x) / ex_w, (gt_y - ex_y) / ex_h,
+                   np.log(gt_w / ex_w), np.log(gt_h / ex_h)], 1)
+
+
+def np_bbox_transform_inv(boxes, deltas):
+  """The seed's bbox_transform_inv (from the seed text), unbatched."""
+  widths = boxes[:, 2] - boxes[:, 0] + 1.0
+  heights = boxes[:, 3] - boxes[:, 1] + 1.0
+  ctr_x = boxes[:, 0] + 0.5 * widths
+  ctr_y = boxes[:, 1] + 0.5 * heights
+  dx, dy, dw, dh = deltas.T
+  pcx = dx * widths + ctr_x
+  pcy = dy * heights + ctr_y
+  pw = np.exp(dw) * widths
+  ph = np.exp(dh) * heights
+  return np.stack([pcx - 0.5 * pw, pcy - 0.5 * ph,
+                   pcx + 0.5 * pw, pcy + 0.5 * ph], 1)
+
+
+def random_boxes(rng, n, size=200.0):
+  xy = rng.uniform(0, size, (n, 2))
+  wh = rng.uniform(1, size / 2, (n, 2))
+  return np.concatenate([xy, xy + wh - 1], 1).astype(np.float32)
+
+
+def test_area_hand_values():
+  b = jnp.array([[0, 0, 9, 9], [0, 0, 0, 0], [5, 5, 3, 9], [0, 0, 4, 1]],
+                jnp.float32)
+  np.testing.assert_array_equal(B.area(b), [100, 1, 0, 10])
+
+
+def test_iou_hand_value_and_reference(rng):
+  a = jnp.array([[0, 0, 9, 9]], jnp.float32)
+  b = jnp.array([[5, 0, 14, 9], [10, 10, 20, 20], [0, 0, 9, 9]], jnp.float32)
+  np.testing.assert_allclose(B.iou(a, b), [[50 / 150, 0, 1]], rtol=1e-6)
+  x = random_boxes(rng, 40)
+  y = random_boxes(rng, 30)
+  np.testing.assert_allclose(B.iou(x, y), np_bbox_overlaps(x, y), atol=1e-6)
+
+
+def test_iou_bad_input_is_zero_not_nan():
+  good = jnp.array([[0, 0, 9, 9]], jnp.float32)
+  bad = jnp.array([[np.nan, 0, 9, 9], [0, 0, np.inf, np.inf],
+                   [9, 9, 0, 0], [-np.inf, -np.inf, np.inf, np.inf]],
+                  jnp.float32)
+  out = np.asarray(B.iou(good, bad))
+  assert np.all(np.isfinite(out))
+  np.testing.assert_array_equal(out, 0)
+  assert np.all(np.isfinite(np.asarray(B.iou(bad, bad))))
+
+
+def test_clip():
+  b = jnp.array([[-5, -3, 700, 20], [np.nan, np.inf, -np.inf, 3]], jnp.float32)
+  out = B.clip(b, 100, 600)
+  np.testing.assert_array_equal(out, [[0, 0, 599, 20], [0, 99, 0, 3]])
+  # Traced sizes and broadcasting over a batch of images.
+  hw = jnp.array([[100, 600], [50, 60]], jnp.float32)
+  out = jax.jit(jax.vmap(B.clip))(jnp.stack([b, b]), hw[:, 0], hw[:, 1])
+  np.testing.assert_array_equal(out[1], [[0, 0, 59, 20], [0, 49, 0, 3]])
+
+
+def test_encode_matches_seed(rng):
+  ex = random_boxes(rng, 50)
+  gt = random_boxes(rng, 50)
+  np.testing.assert_allclose(B.encode(gt, ex), np_bbox_transform(ex, gt),
+                             rtol=1e-5, atol=1e-5)
+  stds = (0.1, 0.1, 0.2, 0.2)
+  np.testing.assert_allclose(B.encode(gt, ex, stds),
+                             np_bbox_transform(ex, gt) / np.array(stds),
+                             rtol=1e-5, atol=1e-4)
+
+
+def test_decode_matches_seed_up_to_inclusive_correction(rng):
+  anchors = random_boxes(rng, 50)
+  deltas = rng.normal(0, 0.5, (50, 4)).astype(np.float32)
+  ref = np_bbox_transform_inv(anchors, deltas)
+  ref[:, 2:] -= 1.0  # documented: x2/y2 in the inclusive convention
+  np.testing.assert_allclose(B.decode(deltas, anchors), ref, rtol=1e-5,
+                             atol=1e-3)
+  # Zero deltas give back the anchor itself.
+  np.testing.assert_allclose(B.decode(jnp.zeros_like(deltas), anchors),
+                             anchors, atol=1e-4)
+
+
+@pytest.mark.parametrize("stds", [(1, 1, 1, 1), (0.1, 0.1, 0.2, 0.2)])
+def test_round_trip(rng, stds):
+  anchors = random_boxes(rng, 100)
+  b = random_boxes(rng, 100)
+  d = B.encode(b, anchors, stds)
+  np.testing.assert_allclose(B.decode(d, anchors, stds), b, rtol=1e-5,
+                             atol=2e-3)
+
+
+def test_decode_clamps_wild_deltas():
+  a = jnp.array([[0, 0, 15, 15]] * 3, jnp.float32)
+  d = jnp.array([[0, 0, 1e4, 1e4], [0, 0, np.inf, -np.inf],
+                 [0, 0, 100.0, 0]], jnp.float32)
+  out = np.asarray(B.decode(d, a))
+  assert np.all(np.isfinite(out))
+  w = out[:, 2] - out[:, 0] + 1
+  np.testing.assert_allclose(w, 16 * 1000 / 16, rtol=1e-5)
+  assert out[1, 3] - out[1, 1] + 1 == pytest.approx(0.0)  # empty box
+  assert B.BBOX_XFORM_CLIP == pytest.approx(math.log(1000 / 16))
+
+
+def test_encode_degenerate_is_finite():
+  a = jnp.array([[0, 0, 15, 15], [5, 5, 3, 3]], jnp.float32)
+  b = jnp.array([[9, 9, 3, 3], [0, 0, 15, 15]], jnp.float32)
+  assert np.all(np.isfinite(np.asarray(B.encode(b, a))))
+
+
+def test_jit_and_vmap_equal_eager(rng):
+  a = random_boxes(rng, 20)
+  b = random_boxes(rng, 20)
+  for f in (B.iou, lambda x, y: B.encode(x, y, (0.1, 0.1, 0.2, 0.2)),
+            lambda x, y: B.decode(x / 100, y), B.area):
+    args = (a, b) if f is not B.area else (a,)
+    # XLA fuses exp/log differently under jit: equal to float32 rounding.
+    np.testing.assert_allclose(jax.jit(f)(*args), f(*args), rtol=1e-5)
+  batched = jax.vmap(B.iou)(jnp.stack([a, b]), jnp.stack([b, a]))
+  np.testing.assert_allclose(batched[1], B.iou(b, a))
