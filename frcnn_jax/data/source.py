@@ -1,0 +1,600 @@
+"""Detection sources: per-image records, image decoding, bad-input policy.
+
+A *source* (``DetectionSource``) is one split of one dataset: a list of
+``Record`` s (one per image, ground truth in ORIGINAL image pixels), the class
+list, the mapping between contiguous class ids and the dataset's category ids,
+an image loader and the ground truth as a pycocotools ``COCO`` object for
+evaluation. ``coco.py``, ``voc.py``, ``tfds.py`` build sources; ``shapes.py``
+writes a COCO-format dataset that ``coco.py`` reads.
+
+Boxes are ``(x1, y1, x2, y2)`` float32 with the inclusive-pixel convention of
+faster-rcnn.pytorch: ``w = x2 - x1 + 1``. Conversions happen once, in the
+readers: COCO ``[x, y, w, h]`` -> ``(x, y, x + w - 1, y + h - 1)``; VOC 1-based
+``xmin..xmax`` -> ``(xmin - 1, ..., xmax - 1)``; TFDS normalized ``xmin, xmax``
+-> ``(xmin * W, xmax * W - 1)``. Classes are contiguous ``1..K-1`` (0 is
+background).
+
+Bad input never crashes deep in training and never produces NaN:
+
+* structural problems (malformed json/xml, a missing field, a non-numeric
+  value, duplicate image ids, a missing image file) raise ``DataError`` when
+  the source is built; the message names the file, the image id and the field;
+* numerical problems of single boxes are *counted, logged drops* (see
+  ``sanitize_boxes``): non-finite, inverted (``x2 < x1``), zero area (width
+  or height under one pixel), wholly outside the image; boxes partly outside are
+  clipped and counted as ``box_clipped``; unknown categories are dropped and
+  counted; crowd boxes are kept out of the training targets and counted;
+* an image that cannot be decoded (truncated, not an image, size differing
+  from the annotation) raises ``ImageLoadError`` naming the file and image id
+  when it is loaded; ``verify_images='header'`` or ``'full'`` finds all such
+  files when the source is built instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import io
+import logging
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+BACKGROUND = '__background__'
+INT32_MAX = 2**31 - 1
+# How many example messages per drop reason are kept and logged.
+_MAX_EXAMPLES = 5
+
+
+class DataError(ValueError):
+  """A dataset file is malformed; the message names file, image id, field."""
+
+
+class ImageLoadError(DataError):
+  """An image file is missing, unreadable or inconsistent with its record."""
+
+
+@dataclasses.dataclass
+class Record:
+  """Ground truth of one image, in original image pixels.
+
+  Attributes:
+    image_id: dataset image id (int, ``0 <= id < 2**31``; -1 is reserved for
+      padding images in eval batches).
+    path: image file path, or ``None`` for TFDS records.
+    index: TFDS example index, or ``None`` for file records.
+    height: image height in pixels, as annotated (after EXIF orientation).
+    width: image width in pixels.
+    boxes: float32 ``[n, 4]`` inclusive-pixel ``(x1, y1, x2, y2)``, finite,
+      ``0 <= x1 <= x2 <= width - 1`` (same for y).
+    classes: int32 ``[n]`` contiguous class ids in ``1..K-1``.
+    difficult: bool ``[n]`` (VOC ``difficult``; all False elsewhere).
+  """
+  image_id: int
+  path: str | None
+  index: int | None
+  height: int
+  width: int
+  boxes: np.ndarray
+  classes: np.ndarray
+  difficult: np.ndarray
+
+  @property
+  def name(self) -> str:
+    """Human-readable location used in error messages."""
+    if self.path is not None:
+      return f'{self.path} (image_id {self.image_id})'
+    return f'TFDS example {self.index} (image_id {self.image_id})'
+
+
+class DropStats:
+  """Counts of everything dropped, clipped or skipped, with reasons.
+
+  ``stats['box_inverted']`` is the count for a reason (0 if never seen);
+  ``as_dict()`` gives all counts (JSON-serializable); ``examples`` keeps the
+  first few messages per reason, which are also logged as warnings.
+  """
+
+  def __init__(self):
+    self.counts: dict[str, int] = collections.OrderedDict()
+    self.examples: dict[str, list[str]] = collections.defaultdict(list)
+
+  def add(self, reason: str, n: int = 1, example: str | None = None,
+          level: int = logging.WARNING) -> None:
+    if n <= 0:
+      return
+    self.counts[reason] = self.counts.get(reason, 0) + n
+    if example is not None and len(self.examples[reason]) < _MAX_EXAMPLES:
+      self.examples[reason].append(example)
+      log.log(level, '%s: %s', reason, example)
+
+  def update(self, other: 'DropStats') -> None:
+    for k, v in other.counts.items():
+      self.counts[k] = self.counts.get(k, 0) + v
+    for k, v in other.examples.items():
+      room = _MAX_EXAMPLES - len(self.examples[k])
+      self.examples[k].extend(v[:max(room, 0)])
+
+  def __getitem__(self, reason: str) -> int:
+    return self.counts.get(reason, 0)
+
+  def __contains__(self, reason: str) -> bool:
+    return reason in self.counts
+
+  def as_dict(self) -> dict[str, int]:
+    return dict(self.counts)
+
+  def summary(self) -> str:
+    if not self.counts:
+      return 'nothing dropped'
+    return ', '.join(f'{k}={v}' for k, v in self.counts.items())
+
+  def __repr__(self) -> str:
+    return f'DropStats({self.summary()})'
+
+
+def sanitize_boxes(boxes: np.ndarray, height, width, stats: DropStats,
+                   where: Callable[[int], str]) -> np.ndarray:
+  """Validates boxes (of one image or many); returns the mask of boxes to keep.
+
+  Boxes are modified in place: those partly outside their image are clipped
+  to ``[0, width - 1] x [0, height - 1]``.
+
+  Drop reasons (counted in ``stats``, first examples logged):
+    ``box_non_finite``: a NaN or infinite coordinate;
+    ``box_inverted``: negative extent, ``x2 - x1 + 1 < 0`` (or in y): a
+      negative COCO width/height, VOC ``xmax < xmin - 1``;
+    ``box_zero_area``: extent ``x2 - x1 + 1`` (or in y) in ``[0, 1)``:
+      COCO width 0 or 0.4, VOC ``xmax = xmin - 1``, TFDS ``xmax = xmin``;
+    ``box_outside``: no pixel inside the image;
+  and ``box_clipped`` counts the boxes kept after clipping.
+
+  Args:
+    boxes: float64 ``[n, 4]`` inclusive-pixel boxes (modified in place).
+    height, width: image size in pixels, scalars or ``[n]`` (per box).
+    stats: where counts go.
+    where: box index -> "file, image id, annotation id" for the messages.
+
+  Returns:
+    bool ``[n]`` keep mask.
+  """
+  n = boxes.shape[0]
+  keep = np.ones(n, bool)
+  if n == 0:
+    return keep
+  height = np.broadcast_to(np.asarray(height, np.float64), (n,))
+  width = np.broadcast_to(np.asarray(width, np.float64), (n,))
+  with np.errstate(invalid='ignore'):
+    finite = np.isfinite(boxes).all(axis=1)
+    for i in np.flatnonzero(~finite):
+      stats.add('box_non_finite', example=f'{where(i)}: field bbox = '
+                f'{boxes[i].tolist()}')
+    keep &= finite
+    bw = boxes[:, 2] - boxes[:, 0] + 1
+    bh = boxes[:, 3] - boxes[:, 1] + 1
+    inverted = keep & ((bw < 0) | (bh < 0))
+    for i in np.flatnonzero(inverted):
+      stats.add('box_inverted', example=f'{where(i)}: field bbox has '
+                f'negative width or height: {boxes[i].tolist()} (x1,y1,x2,y2)')
+    keep &= ~inverted
+    small = keep & ((bw < 1) | (bh < 1))
+    for i in np.flatnonzero(small):
+      stats.add('box_zero_area', example=f'{where(i)}: field bbox is under '
+                f'one pixel wide or high: {boxes[i].tolist()} (x1,y1,x2,y2)')
+    keep &= ~small
+    outside = keep & ((boxes[:, 2] < 0) | (boxes[:, 3] < 0) |
+                      (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1))
+    for i in np.flatnonzero(outside):
+      stats.add('box_outside', example=f'{where(i)}: field bbox '
+                f'{boxes[i].tolist()} (x1,y1,x2,y2) is outside the '
+                f'{width[i]:.0f}x{height[i]:.0f} image')
+    keep &= ~outside
+    hi = np.stack([width - 1, height - 1, width - 1, height - 1], axis=1)
+    clipped = np.clip(boxes, 0.0, hi)
+    changed = keep & (clipped != boxes).any(axis=1)
+    for i in np.flatnonzero(changed):
+      stats.add('box_clipped', example=f'{where(i)}: field bbox '
+                f'{boxes[i].tolist()} (x1,y1,x2,y2) clipped to the '
+                f'{width[i]:.0f}x{height[i]:.0f} image', level=logging.INFO)
+    boxes[keep] = clipped[keep]
+  return keep
+
+
+def group_boxes(image_index: np.ndarray, num_images: int, *arrays):
+  """Splits per-box arrays into per-image lists (stable: input order kept)."""
+  order = np.argsort(image_index, kind='stable')
+  counts = np.bincount(image_index, minlength=num_images)
+  splits = np.cumsum(counts)[:-1]
+  return [np.split(a[order], splits) for a in arrays]
+
+
+def count_image_stats(records: Sequence[Record], stats: DropStats,
+                      crowd_counts: np.ndarray | None = None) -> None:
+  """Counts images without usable boxes (``image_empty``, ``image_crowd_only``).
+
+  Not drops here: the train loader skips or keeps them (``skip_empty``).
+  """
+  for i, r in enumerate(records):
+    if len(r.boxes) == 0:
+      if crowd_counts is not None and crowd_counts[i] > 0:
+        stats.add('image_crowd_only', example=f'{r.name}: only crowd boxes',
+                  level=logging.DEBUG)
+      else:
+        stats.add('image_empty', example=f'{r.name}: no usable boxes',
+                  level=logging.DEBUG)
+
+
+# ----------------------------------------------------------------------------
+# Image decoding.
+
+_SIXTEEN_BIT = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F')
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+  """Any PIL mode -> uint8 ``[h, w, 3]`` RGB."""
+  mode = img.mode
+  if mode == 'RGB':
+    return np.asarray(img, dtype=np.uint8)
+  if mode in _SIXTEEN_BIT:
+    a = np.asarray(img).astype(np.float64)
+    top = a.max() if a.size else 0.0
+    if top > 255:  # 16-bit data: map the full range to 8 bits.
+      a = a * (255.0 / (65535.0 if mode.startswith('I;16') else top))
+    a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
+    return np.repeat(a[..., None], 3, axis=2)
+  if mode in ('P', 'PA'):
+    img = img.convert('RGBA')
+  # RGBA/LA: alpha dropped (the color channels are kept as stored); CMYK and
+  # YCbCr converted by PIL; L and 1 replicated.
+  return np.asarray(img.convert('RGB'), dtype=np.uint8)
+
+
+def decode_image(data: str | bytes, *, exif_transpose: bool = True,
+                 where: str = '') -> np.ndarray:
+  """Reads an image file (path or encoded bytes) as uint8 ``[h, w, 3]`` RGB.
+
+  The EXIF orientation tag is applied when ``exif_transpose`` (the pixels come
+  out as a viewer displays them); grayscale, 16-bit, RGBA, palette, CMYK
+  images become RGB.
+
+  Raises:
+    ImageLoadError: missing, truncated or undecodable file, naming ``where``.
+  """
+  try:
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(src) as img:
+      img.load()  # Forces a full decode: truncated files fail here.
+      if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+      return _to_rgb(img)
+  except FileNotFoundError as e:
+    raise ImageLoadError(f'{where}: image file not found (field file_name): '
+                         f'{e}') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise ImageLoadError(f'{where}: cannot decode image (field file_name): '
+                         f'{type(e).__name__}: {e}') from e
+
+
+def image_size(data: str | bytes, *, exif_transpose: bool = True,
+               where: str = '') -> tuple[int, int, int]:
+  """(height, width, exif_orientation) from the file header, without decoding.
+
+  The size is the displayed one (after the EXIF orientation) when
+  ``exif_transpose``.
+  """
+  try:
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(src) as img:
+      w, h = img.size
+      orientation = 1
+      try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+      except Exception:  # pylint: disable=broad-except
+        pass  # An unreadable EXIF block is not an error for the pixels.
+  except FileNotFoundError as e:
+    raise ImageLoadError(f'{where}: image file not found (field file_name): '
+                         f'{e}') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise ImageLoadError(f'{where}: cannot read image header (field '
+                         f'file_name): {type(e).__name__}: {e}') from e
+  if exif_transpose and orientation in (5, 6, 7, 8):
+    w, h = h, w
+  return h, w, orientation
+
+
+def check_image_size(record: Record, h: int, w: int, orientation: int,
+                     exif_transpose: bool) -> None:
+  """Raises ``ImageLoadError`` when the pixels do not match the annotation."""
+  if (h, w) == (record.height, record.width):
+    return
+  hint = ''
+  if (w, h) == (record.height, record.width) and orientation in (5, 6, 7, 8):
+    hint = (f' The file has EXIF orientation {orientation}: the annotation '
+            'seems to refer to the stored (unrotated) pixels. Annotations '
+            'must refer to the image as displayed (EXIF applied); set '
+            'data.exif_transpose=False if the whole dataset was annotated on '
+            'the stored pixels.')
+  raise ImageLoadError(
+      f'{record.name}: fields height/width are {record.height}x{record.width}'
+      f' (h x w) but the image is {h}x{w}.{hint}')
+
+
+# ----------------------------------------------------------------------------
+# Sources.
+
+
+class ImageReader:
+  """Loads the image of a record (picklable; sent to grain workers)."""
+
+  def __init__(self, exif_transpose: bool = True):
+    self.exif_transpose = exif_transpose
+
+  def read_bytes(self, record: Record) -> str | bytes:
+    """The encoded image: a path for files."""
+    return record.path
+
+  def orientation(self, data: str | bytes) -> int:
+    if not self.exif_transpose:
+      return 1
+    try:
+      src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+      with Image.open(src) as img:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # pylint: disable=broad-except
+      return 1
+
+  def __call__(self, record: Record) -> np.ndarray:
+    data = self.read_bytes(record)
+    image = decode_image(data, exif_transpose=self.exif_transpose,
+                         where=record.name)
+    h, w = image.shape[:2]
+    if (h, w) != (record.height, record.width):
+      check_image_size(record, h, w, self.orientation(data),
+                       self.exif_transpose)
+    return image
+
+
+class DetectionSource:
+  """One split of one detection dataset.
+
+  Attributes:
+    records: list of ``Record``, one per image, in the dataset's order.
+    class_names: ``K`` names, index 0 is ``'__background__'``.
+    num_classes: ``K`` (background included).
+    cat_ids: ``K`` dataset category ids for the contiguous ids (entry 0 is 0).
+    stats: ``DropStats`` of everything dropped while reading.
+    name: a short description (dataset and split).
+  """
+
+  def __init__(self, *, name: str, records: list[Record],
+               class_names: Sequence[str], cat_ids: Sequence[int],
+               reader: ImageReader, stats: DropStats,
+               coco_gt_fn: Callable[[], Any] | None = None):
+    if class_names[0] != BACKGROUND:
+      class_names = [BACKGROUND] + list(class_names)
+      cat_ids = [0] + list(cat_ids)
+    self.name = name
+    self.records = records
+    self.class_names = list(class_names)
+    self.cat_ids = [int(c) for c in cat_ids]
+    self.reader = reader
+    self.stats = stats
+    self._coco_gt_fn = coco_gt_fn
+    self._coco_gt = None
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def cat_id(self, contiguous: int) -> int:
+    """Dataset category id of contiguous class ``contiguous`` (1..K-1)."""
+    if not 1 <= contiguous < self.num_classes:
+      raise ValueError(f'class {contiguous} outside 1..{self.num_classes - 1}')
+    return self.cat_ids[contiguous]
+
+  def contiguous_id(self, cat_id: int) -> int:
+    """Contiguous class (1..K-1) of dataset category id ``cat_id``."""
+    try:
+      return self.cat_ids.index(int(cat_id), 1)
+    except ValueError:
+      raise ValueError(f'unknown category id {cat_id}') from None
+
+  def load_image(self, record: Record) -> np.ndarray:
+    """uint8 ``[height, width, 3]`` RGB pixels of ``record``.
+
+    Raises:
+      ImageLoadError: naming the file and image id.
+    """
+    return self.reader(record)
+
+  def coco_gt(self):
+    """Ground truth of this split as a ``pycocotools.coco.COCO`` object.
+
+    In ORIGINAL image pixels with dataset category ids. For COCO-format
+    datasets it is the annotation json as-is (crowd regions kept, so
+    ``COCOeval`` treats them as usual). For VOC and TFDS it is built in
+    memory; VOC ``difficult`` boxes get ``iscrowd=1`` so that ``COCOeval``
+    ignores detections matching them, as VOC evaluation does.
+    """
+    if self._coco_gt is None:
+      if self._coco_gt_fn is None:
+        self._coco_gt = coco_from_dict(records_to_coco_dict(
+            self.records, self.class_names, self.cat_ids))
+      else:
+        self._coco_gt = self._coco_gt_fn()
+    return self._coco_gt
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __repr__(self) -> str:
+    return (f'DetectionSource({self.name}: {len(self.records)} images, '
+            f'{self.num_classes} classes; {self.stats.summary()})')
+
+
+def coco_from_dict(d: dict):
+  """A pycocotools ``COCO`` from an in-memory dataset dict (quietly)."""
+  from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
+  c = COCO()
+  c.dataset = d
+  with contextlib.redirect_stdout(io.StringIO()):
+    c.createIndex()
+  return c
+
+
+def records_to_coco_dict(records: Iterable[Record], class_names: Sequence[str],
+                         cat_ids: Sequence[int],
+                         crowd: dict[int, tuple[np.ndarray, np.ndarray]]
+                         | None = None) -> dict:
+  """COCO ground-truth dict of records (inclusive boxes -> ``[x, y, w, h]``).
+
+  ``difficult`` boxes and the optional ``crowd`` boxes (image_id ->
+  (boxes, classes)) become ``iscrowd=1``.
+  """
+  images, anns = [], []
+  for r in records:
+    images.append({'id': int(r.image_id), 'width': int(r.width),
+                   'height': int(r.height),
+                   'file_name': os.path.basename(r.path) if r.path else
+                   str(r.index)})
+    lists = [(r.boxes, r.classes, r.difficult)]
+    if crowd and r.image_id in crowd:
+      cb, cc = crowd[r.image_id]
+      lists.append((cb, cc, np.ones(len(cb), bool)))
+    for boxes, classes, flags in lists:
+      for b, c, f in zip(boxes, classes, flags):
+        w = float(b[2] - b[0] + 1)
+        h = float(b[3] - b[1] + 1)
+        anns.append({'id': len(anns) + 1, 'image_id': int(r.image_id),
+                     'category_id': int(cat_ids[int(c)]),
+                     'bbox': [float(b[0]), float(b[1]), w, h],
+                     'area': w * h, 'iscrowd': int(bool(f))})
+  cats = [{'id': int(cat_ids[i]), 'name': class_names[i]}
+          for i in range(1, len(class_names))]
+  return {'images': images, 'annotations': anns, 'categories': cats}
+
+
+def check_files(records: Sequence[Record], level: str, reader: ImageReader,
+                what: str, num_threads: int = 8) -> None:
+  """Checks the image files of ``records`` when a source is built.
+
+  Args:
+    level: ``'none'``; ``'exists'`` (every file exists; default);
+      ``'header'`` (also reads each header: format and size, EXIF
+      orientation included, must match the record); ``'full'`` (decodes
+      every image).
+    what: dataset description for the message.
+
+  Raises:
+    ImageLoadError: listing every bad file (the first 20) and the count.
+  """
+  if level in ('none', '', None):
+    return
+  if level not in ('exists', 'header', 'full'):
+    raise ValueError(f"data.verify_images must be 'none', 'exists', 'header' "
+                     f"or 'full', got {level!r}")
+  file_records = [r for r in records if r.path is not None]
+  if level == 'exists':
+    errors = [f'{r.name}: image file not found (field file_name)'
+              for r in file_records if not os.path.isfile(r.path)]
+  else:
+    def one(r):
+      try:
+        if level == 'full':
+          reader(r)
+        else:
+          data = reader.read_bytes(r)
+          h, w, o = image_size(data, exif_transpose=reader.exif_transpose,
+                               where=r.name)
+          check_image_size(r, h, w, o, reader.exif_transpose)
+        return None
+      except ImageLoadError as e:
+        return str(e)
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+      errors = [e for e in pool.map(one, records) if e is not None]
+  if errors:
+    shown = '\n  '.join(errors[:20])
+    more = f'\n  ... and {len(errors) - 20} more' if len(errors) > 20 else ''
+    raise ImageLoadError(
+        f'{what}: {len(errors)} bad image file(s) (verify_images={level!r}):'
+        f'\n  {shown}{more}')
+
+
+def build_source(data_config, split: str) -> DetectionSource:
+  """Builds the ``DetectionSource`` of ``split`` from ``config.data``.
+
+  ``data_config.name`` picks the reader: ``'coco'`` (``root`` holds
+  ``annotations/instances_<split>.json`` and ``<split>/``), ``'shapes'`` (the
+  synthetic dataset, generated under ``root`` on first use, then read by the
+  COCO reader), ``'voc'`` (``root`` is the ``VOCdevkit`` folder, split e.g.
+  ``'2007_trainval+2012_trainval'``), ``'tfds'`` (``tfds_name`` prepared in
+  ``tfds_data_dir`` in array_record format).
+  """
+  name = data_config.name
+  if name in ('coco', 'shapes'):
+    from frcnn_jax.data import coco  # pylint: disable=g-import-not-at-top
+    if name == 'shapes':
+      from frcnn_jax.data import shapes  # pylint: disable=g-import-not-at-top
+      shapes.ensure_shapes_dataset(data_config.root, data_config.shapes,
+                                   seed=int(data_config.shapes.seed))
+    return coco.build_coco_source(data_config, split)
+  if name == 'voc':
+    from frcnn_jax.data import voc  # pylint: disable=g-import-not-at-top
+    return voc.build_voc_source(data_config, split)
+  if name == 'tfds':
+    from frcnn_jax.data import tfds  # pylint: disable=g-import-not-at-top
+    return tfds.build_tfds_source(data_config, split)
+  raise ValueError(f"data.name must be 'shapes', 'coco', 'voc' or 'tfds', "
+                   f'got {name!r}')
+
+
+def combine_sources(sources: Sequence[DetectionSource],
+                    name: str) -> DetectionSource:
+  """Concatenates splits of one dataset (``'2007_trainval+2012_trainval'``).
+
+  Raises:
+    DataError: different class lists, or an image id in two splits.
+  """
+  if len(sources) == 1:
+    return sources[0]
+  first = sources[0]
+  seen = {}
+  records = []
+  stats = DropStats()
+  for s in sources:
+    if s.class_names != first.class_names or s.cat_ids != first.cat_ids:
+      raise DataError(f'{name}: {s.name} and {first.name} have different '
+                      'category lists')
+    for r in s.records:
+      if r.image_id in seen:
+        raise DataError(f'{name}: image_id {r.image_id} is in both '
+                        f'{seen[r.image_id]} and {s.name} ({r.name})')
+      seen[r.image_id] = s.name
+    records.extend(s.records)
+    stats.update(s.stats)
+  return DetectionSource(
+      name=name, records=records, class_names=first.class_names,
+      cat_ids=first.cat_ids, reader=first.reader, stats=stats,
+      coco_gt_fn=functools.partial(_merged_coco_gt, list(sources)))
+
+
+def _merged_coco_gt(sources: Sequence[DetectionSource]):
+  images, anns = [], []
+  cats = None
+  for s in sources:
+    d = s.coco_gt().dataset
+    images.extend(d['images'])
+    cats = cats or d['categories']
+    for a in d.get('annotations', []):
+      a = dict(a)
+      a['id'] = len(anns) + 1
+      anns.append(a)
+  return coco_from_dict({'images': images, 'annotations': anns,
+                         'categories': cats})
