@@ -1,0 +1,133 @@
+"""The seed's defaults (faster-rcnn.pytorch's config.py + cfgs/res101.yml).
+
+Every config file builds on :func:`base_config` and changes what differs.
+Sub-dicts: ``backbone, model, anchors, rpn, roi, test, data, train,
+optimizer, mesh, checkpoint`` (one per stage, as in DESIGN.md); only the
+builders in ``frcnn_jax/`` read them.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from frcnn_jax import backbones
+from frcnn_jax import data
+
+# faster-rcnn.pytorch's PIXEL_MEANS (BGR, 0..255) for its caffe weights.
+CAFFE_BGR_MEANS = (102.9801, 115.9465, 122.7717)
+# torchvision's ImageNet statistics, scaled to 0..255 inputs (RGB).
+TORCHVISION_RGB_MEANS = (123.675, 116.28, 103.53)
+TORCHVISION_RGB_STDS = (58.395, 57.12, 57.375)
+
+
+def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 3                       # the seed's RNG_SEED
+  # Starting weights of a new run (frcnn_jax.weights.initialize_model): a
+  # folder written by `python -m frcnn_jax.weights convert` (backbone or whole
+  # detector), a train workdir, or a .pth file (ImageNet backbone or
+  # faster-rcnn.pytorch detector). '' = random initialisation. A resumed run
+  # ignores it.
+  c.init_from = ""
+  # The kind of a .pth init_from (frcnn_jax.weights.KINDS / DETECTOR_KINDS,
+  # e.g. 'caffe_resnet101'); '' = read it from the file's keys when they
+  # identify it (all but ResNet-101 and VGG16 ImageNet files).
+  c.init_from_kind = ""
+
+  c.backbone = backbones.default_backbone_config(backbone)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.dtype = "float32"        # compute dtype: 'float32' | 'bfloat16'
+  # Input normalisation, in the network's channel order: caffe weights take
+  # BGR 0..255 minus the means; torchvision weights RGB (x - mean) / std.
+  c.model.bgr = True
+  c.model.pixel_mean = CAFFE_BGR_MEANS
+  c.model.pixel_std = (1.0, 1.0, 1.0)
+
+  c.anchors = ml_collections.ConfigDict()
+  c.anchors.scales = (8, 16, 32)   # ANCHOR_SCALES (COCO: 4, 8, 16, 32)
+  c.anchors.ratios = (0.5, 1.0, 2.0)
+  c.anchors.stride = 16            # FEAT_STRIDE
+
+  c.rpn = ml_collections.ConfigDict()     # TRAIN.RPN_*
+  c.rpn.conv_channels = 512
+  c.rpn.pre_nms_top_n = 12000
+  c.rpn.post_nms_top_n = 2000
+  c.rpn.nms_thresh = 0.7
+  c.rpn.min_size = 0.0             # the seed's filter is commented out: off
+  c.rpn.positive_overlap = 0.7
+  c.rpn.negative_overlap = 0.3
+  c.rpn.clobber_positives = False
+  c.rpn.batch_size = 256
+  c.rpn.fg_fraction = 0.5
+  c.rpn.positive_weight = -1.0
+  c.rpn.allowed_border = 0.0
+  c.rpn.sigma = 3.0
+
+  c.roi = ml_collections.ConfigDict()     # POOLING_* and TRAIN.* RoI sampling
+  c.roi.pooling_mode = "align"     # res101.yml; 'pool' = RoIPool
+  c.roi.pooling_size = 7
+  c.roi.sampling_ratio = 0         # adaptive, as the seed's RoIAlign
+  c.roi.aligned = False
+  c.roi.batch_size = 128
+  c.roi.fg_fraction = 0.25
+  c.roi.fg_thresh = 0.5
+  c.roi.bg_thresh_hi = 0.5
+  c.roi.bg_thresh_lo = 0.0         # res101.yml (config.py: 0.1)
+  c.roi.bbox_normalize_stds = (0.1, 0.1, 0.2, 0.2)
+  c.roi.bbox_normalize_means = (0.0, 0.0, 0.0, 0.0)
+  c.roi.class_agnostic = False
+  c.roi.sigma = 1.0
+
+  c.test = ml_collections.ConfigDict()    # TEST.*
+  c.test.rpn_pre_nms_top_n = 6000
+  c.test.rpn_post_nms_top_n = 300
+  c.test.rpn_nms_thresh = 0.7
+  c.test.rpn_min_size = 0.0
+  c.test.nms_thresh = 0.3
+  c.test.score_thresh = 0.0
+  c.test.max_detections = 100
+  c.test.batch_size = 8            # global, for eval.py / demo.py
+  c.test.vis_score_thresh = 0.5    # what --vis and demo.py draw
+  c.test.metric = "coco"           # 'coco' | 'voc' | 'both'
+
+  c.data = data.default_data_config()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 1           # global images per step (the seed: --bs)
+  c.train.num_epochs = 7
+  c.train.num_steps = 0            # > 0 overrides num_epochs
+  c.train.log_every = 20
+  c.train.eval_every = 0           # steps; 0 = no periodic evaluation
+  c.train.eval_max_images = 500    # periodic evaluation uses the first N
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"         # 'sgd' | 'adam' (the seed's --o)
+  c.optimizer.lr = 1e-3            # per 1-image batch; configs scale it
+  c.optimizer.adam_lr_scale = True  # the seed uses 0.1 * lr with adam
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4  # res101.yml (config.py: 5e-4)
+  c.optimizer.bias_decay = False
+  c.optimizer.double_bias = False  # res101.yml (config.py: True)
+  c.optimizer.warmup_steps = 0
+  c.optimizer.warmup_factor = 1.0 / 3.0
+  c.optimizer.lr_decay_epochs = (5,)  # the seed's --lr_decay_step
+  c.optimizer.lr_decay_steps = ()  # if set, used instead (in steps)
+  c.optimizer.gamma = 0.1          # --lr_decay_gamma
+  c.optimizer.grad_clip_norm = 0.0
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.num_devices = -1          # -1: every device of every process
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 2000
+  c.checkpoint.max_to_keep = 3
+  c.checkpoint.async_save = True
+  return c
+
+
+def torchvision_preprocessing(c: ml_collections.ConfigDict) -> None:
+  """RGB mean/std inputs, for torchvision ImageNet weights."""
+  c.model.bgr = False
+  c.model.pixel_mean = TORCHVISION_RGB_MEANS
+  c.model.pixel_std = TORCHVISION_RGB_STDS
