@@ -618,10 +618,9 @@ def default_backbone_config(name: str = "resnet101") -> ml_collections.ConfigDic
     dropout_rate: VGG16 fc6/fc7 dropout (0.5, torchvision's).
     tiny_widths: tiny_resnet planes per stage (16, 32, 64, 128).
     tiny_blocks: tiny_resnet basic blocks per stage (1, 1, 1, 1).
-    pretrained_path: '' or a .pth file / a directory written by
-      `python -m frcnn_jax.weights convert` to initialize the backbone from.
-    pretrained_kind: the kind of that file (see frcnn_jax.weights.KINDS), e.g.
-      'caffe_resnet101'; '' for a converted directory (it records its kind).
+
+  Pretrained weights are chosen with the top-level `config.init_from` /
+  `config.init_from_kind` (see frcnn_jax.weights.initialize_model), not here.
   """
   if name not in BACKBONE_NAMES:
     raise ValueError(f"backbone name must be one of {BACKBONE_NAMES}, got {name!r}")
@@ -634,8 +633,6 @@ def default_backbone_config(name: str = "resnet101") -> ml_collections.ConfigDic
   cfg.dropout_rate = 0.5
   cfg.tiny_widths = (16, 32, 64, 128)
   cfg.tiny_blocks = (1, 1, 1, 1)
-  cfg.pretrained_path = ""
-  cfg.pretrained_kind = ""
   return cfg
 
 

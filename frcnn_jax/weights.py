@@ -1,43 +1,58 @@
 """Import of pretrained PyTorch weights into frcnn_jax models.
 
-Backbone part (this file is meant to grow a detector part: whole
-faster-rcnn.pytorch checkpoints, built from the same pieces):
+What loads:
 
   * torchvision ImageNet ResNet-50/101/152 and VGG16 state dicts
     (resnet50-0676ba61.pth, resnet101-63fe2227.pth, vgg16-397923af.pth, any
-    `torchvision.models.*().state_dict()` saved with torch.save);
+    `torchvision.models.*().state_dict()` saved with torch.save) -> our
+    backbones (`stride_in_1x1=False`, RGB mean/std preprocessing);
   * faster-rcnn.pytorch's caffe-converted resnet101_caffe.pth and
-    vgg16_caffe.pth (torchvision module names: conv1.weight, bn1.running_mean,
-    layer1.0.downsample.1.weight, ...; features.N / classifier.N), whose ResNet
-    needs `stride_in_1x1=True`.
+    vgg16_caffe.pth (torchvision module names), whose ResNet needs
+    `stride_in_1x1=True` (BGR 0..255 minus the caffe means, no std);
+  * whole faster-rcnn.pytorch detector checkpoints
+    (faster_rcnn_{session}_{epoch}_{step}.pth: RCNN_base.*, RCNN_top.*,
+    RCNN_rpn.RPN_Conv/RPN_cls_score/RPN_bbox_pred, RCNN_cls_score,
+    RCNN_bbox_pred) -> our whole FasterRCNN, so that eval.py / demo.py run a
+    model trained in PyTorch (kinds DETECTOR_KINDS; stride_in_1x1=True and
+    caffe preprocessing for every depth, see the detector section).
 
 Layout conversions (torch -> ours): conv weight [O,I,kh,kw] -> kernel
 [kh,kw,I,O]; linear weight [out,in] -> kernel [in,out]; BatchNorm
-weight/bias/running_mean/running_var -> scale/bias/mean/var; VGG fc6
-(classifier.0) rows are permuted from torch's (c, h, w) flatten order to our
-(h, w, c) order. Ignored keys: the ImageNet classifiers (`fc.*`,
-`classifier.6.*`) and BatchNorm's `num_batches_tracked`; a `module.` prefix
-(DataParallel) is stripped. Everything else must match: missing keys,
-unexpected keys and shape mismatches are reported together in one
-`WeightImportError`.
+weight/bias/running_mean/running_var -> scale/bias/mean/var; VGG fc6 rows are
+permuted from torch's (c, h, w) flatten order to our (h, w, c) order. The RPN
+score channels (all A background, then all A foreground) and the class-major
+RCNN_bbox_pred rows are already our layout. Ignored keys: the ImageNet
+classifiers (`fc.*`, `classifier.6.*`) and BatchNorm's `num_batches_tracked`;
+a `module.` prefix (DataParallel) is stripped. Everything else must match:
+missing keys, unexpected keys and shape mismatches are reported together in
+one `WeightImportError`.
 
-The generic pieces, for the detector part to reuse:
-  TorchSource, convert_state_dict(spec, state_dict) -> {path: array},
-  assign_arrays(model, arrays), backbone_torch_spec(backbone, prefix=..., style=...)
-  with style 'faster_rcnn_pytorch' naming the RCNN_base.* / RCNN_top.* keys of
-  a detector checkpoint.
+Generic pieces: TorchSource, convert_state_dict(spec, state_dict) ->
+{path: array}, assign_arrays(model, arrays), backbone_torch_spec(backbone,
+prefix=..., style=...), detector_torch_spec(model).
+
+Starting a training run: `config.init_from` (+ `config.init_from_kind` for a
+.pth whose keys do not tell its kind) is the one entry point, read by
+`initialize_model`: a converted backbone folder, a backbone .pth, a
+faster-rcnn.pytorch detector .pth, a converted detector folder or a train
+workdir. The config's backbone and preprocessing are checked against the
+weights (ConfigMismatchError naming the overrides). Evaluating: eval_lib
+calls `check_config_against_checkpoint` with the checkpoint's meta.
 
 Reading `.pth` needs torch, an optional dependency imported lazily:
   pip install -r requirements-torch.txt
 
 Command line:
+  python -m frcnn_jax.weights inspect --from=some.pth
   python -m frcnn_jax.weights convert --from=resnet101_caffe.pth \
       --kind=caffe_resnet101 --out=/path/r101_caffe
-  python -m frcnn_jax.weights inspect --from=some.pth
-`convert` writes an orbax checkpoint of the backbone (DIR/state) and
-DIR/meta.json (kind, backbone config, preprocessing); `load_pretrained_backbone`
-accepts that directory, or a .pth file with its kind, so machines without
-torch can start from converted weights.
+  python -m frcnn_jax.weights convert --from=faster_rcnn_1_7_10021.pth \
+      --kind=faster_rcnn_pytorch_res101 --classes=voc --out=/path/frcnn_r101
+A backbone conversion writes DIR/state (orbax) and DIR/meta.json (kind,
+backbone config, preprocessing); a detector conversion writes
+DIR/checkpoints/0 in train_lib.Checkpointer's layout (items `model` and
+`meta`: class names, the config values the checkpoint implies, its
+pooling_mode / class_agnostic / epoch entries). Only conversion needs torch.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -57,8 +73,10 @@ import numpy as np
 from flax import nnx
 
 from frcnn_jax import backbones
+from frcnn_jax import detector as detector_lib
 
 Path = tuple[Any, ...]
+log = logging.getLogger(__name__)
 
 TORCH_INSTALL_HINT = (
     "Reading PyTorch .pth files needs torch (an optional dependency): "
@@ -410,6 +428,21 @@ def _fc6_to_ours(p: int, c: int) -> Callable[[np.ndarray], np.ndarray]:
   return f
 
 
+def _torch_source(key: str, shape: Sequence[int]) -> TorchSource:
+  """Where a variable of our `shape` comes from, stored under torch `key`.
+
+  4-D: a conv kernel (torch [O,I,kh,kw]); 2-D: a linear kernel (torch
+  [out,in]); anything else (bias, BatchNorm arrays): the same layout.
+  """
+  shape = tuple(int(d) for d in shape)
+  if len(shape) == 4:
+    return TorchSource(key, (shape[3], shape[2], shape[0], shape[1]),
+                       _conv_to_ours)
+  if len(shape) == 2:
+    return TorchSource(key, (shape[1], shape[0]), _linear_to_ours)
+  return TorchSource(key, shape, _identity)
+
+
 def backbone_torch_spec(backbone: backbones.Backbone, *, prefix: Path = (),
                         style: str = "torchvision") -> dict[Path, TorchSource]:
   """{our variable path: TorchSource} for every variable of `backbone`.
@@ -445,38 +478,49 @@ def backbone_torch_spec(backbone: backbones.Backbone, *, prefix: Path = (),
     elif style == "faster_rcnn_pytorch":
       parts = [_FRCNN_RESNET_RENAME[head]] + parts[1:]
     key = ".".join(parts[:-1] + [_LEAF_TO_TORCH[leaf]])
-    if len(shape) == 4:
-      torch_shape = (shape[3], shape[2], shape[0], shape[1])
-      to_ours = _conv_to_ours
-    elif len(shape) == 2:
-      torch_shape = (shape[1], shape[0])
-      to_ours = _linear_to_ours
-      if is_vgg and head == "fc6":
-        to_ours = _fc6_to_ours(backbone.pool_size, backbone.widths[-1])
-    else:
-      torch_shape = shape
-      to_ours = _identity
-    spec[tuple(prefix) + path] = TorchSource(key, torch_shape, to_ours)
+    src = _torch_source(key, shape)
+    if is_vgg and head == "fc6" and len(shape) == 2:
+      src = dataclasses.replace(
+          src, to_ours=_fc6_to_ours(backbone.pool_size, backbone.widths[-1]))
+    spec[tuple(prefix) + path] = src
   return spec
+
+
+def _block_counts(state_dict: Mapping[str, Any],
+                  prefixes: Sequence[str]) -> tuple[int, ...]:
+  """Blocks per stage: 1 + the largest N of the keys '<prefix>N.*'."""
+  out = []
+  for p in prefixes:
+    idx = {int(k[len(p):].split(".")[0]) for k in state_dict
+           if k.startswith(p) and k[len(p):].split(".")[0].isdigit()}
+    out.append(max(idx) + 1 if idx else 0)
+  return tuple(out)
+
+
+def resnet_name_for_blocks(blocks: Sequence[int]) -> str | None:
+  """'resnet50' / 'resnet101' / 'resnet152' for bottleneck stage blocks."""
+  for name, want in backbones.RESNET_STAGE_BLOCKS.items():
+    if tuple(want) == tuple(blocks):
+      return name
+  return None
 
 
 def guess_network(state_dict: Mapping[str, Any]) -> str:
   """A human description of what a state dict looks like (for error hints)."""
   keys = list(state_dict)
   if any(k.startswith("RCNN_base.") for k in keys):
-    return "a faster-rcnn.pytorch detector checkpoint (RCNN_base.* keys)"
+    try:
+      return analyze_detector_state_dict(state_dict).describe()
+    except ValueError:
+      return "a faster-rcnn.pytorch detector checkpoint (RCNN_base.* keys)"
   if "features.0.weight" in state_dict:
     return "a VGG (features.N / classifier.N keys)"
   if "conv1.weight" in state_dict:
-    blocks = []
-    for layer in range(1, 5):
-      idx = {int(k.split(".")[1]) for k in keys
-             if k.startswith(f"layer{layer}.") and k.split(".")[1].isdigit()}
-      blocks.append(max(idx) + 1 if idx else 0)
+    blocks = _block_counts(state_dict, [f"layer{i}." for i in range(1, 5)])
     bottleneck = any(".conv3." in k for k in keys)
-    depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}.get(
-        tuple(blocks)) if bottleneck else None
-    name = f"ResNet-{depth}" if depth else "a ResNet"
+    name = resnet_name_for_blocks(blocks) if bottleneck else None
+    name = {"resnet50": "ResNet-50", "resnet101": "ResNet-101",
+            "resnet152": "ResNet-152"}.get(name or "", "a ResNet")
     return (f"{name} ({'bottleneck' if bottleneck else 'basic'} blocks "
             f"{tuple(blocks)}, conv1 {tuple(np.shape(state_dict['conv1.weight']))})")
   return f"an unknown network (first keys: {keys[:5]})"
@@ -639,15 +683,914 @@ def load_pretrained_backbone(backbone: backbones.Backbone, path: str,
   return _kind(kind).preprocessing
 
 
-def load_pretrained_from_config(
-    backbone: backbones.Backbone, backbone_config: ml_collections.ConfigDict
-) -> Preprocessing | None:
-  """Applies backbone_config.pretrained_path/kind; None when the path is ''."""
-  path = backbone_config.get("pretrained_path", "")
+# ----------------------------------------------------------------------------
+# Preprocessing and model settings vs the config
+# ----------------------------------------------------------------------------
+
+
+class ConfigMismatchError(ValueError):
+  """The config does not match what a set of weights was made for.
+
+  The message lists each disagreeing key with both values and the
+  command-line overrides that fix it.
+  """
+
+
+def preprocessing_config_values(prep: Preprocessing) -> dict[str, Any]:
+  """`prep` as the config's model.bgr / pixel_mean / pixel_std (0..255 input).
+
+  The detector computes (image - pixel_mean) / pixel_std on 0..255 pixels in
+  the network's channel order; `prep` scales first, so mean and std are
+  divided by its pixel_scale (torchvision: 0.485 -> 123.675).
+  """
+  return {"model.bgr": prep.channel_order == "BGR",
+          "model.pixel_mean": [float(m) / prep.pixel_scale for m in prep.mean],
+          "model.pixel_std": [float(s) / prep.pixel_scale for s in prep.std]}
+
+
+def _plain(v: Any) -> Any:
+  if isinstance(v, (tuple, list)):
+    return [_plain(x) for x in v]
+  if isinstance(v, np.generic):
+    return v.item()
+  return v
+
+
+def _same(a: Any, b: Any) -> bool:
+  a, b = _plain(a), _plain(b)
+  if isinstance(a, bool) or isinstance(b, bool):
+    return isinstance(a, bool) and isinstance(b, bool) and a == b
+  if isinstance(a, list) and isinstance(b, list):
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+  if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+    return bool(np.isclose(float(a), float(b), rtol=1e-4, atol=1e-6))
+  return a == b
+
+
+def _config_value(config: ml_collections.ConfigDict, key: str) -> Any:
+  """A dotted key of the config; 'num_anchors' is scales x ratios."""
+  if key == "num_anchors":
+    return len(config.anchors.scales) * len(config.anchors.ratios)
+  node: Any = config
+  for part in key.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  return _plain(node)
+
+
+def _override(key: str, value: Any) -> str:
+  if key == "num_anchors":
+    return (f"config.anchors.scales x config.anchors.ratios giving {value} "
+            f"anchors (9: scales (8, 16, 32) as VOC, 12: (4, 8, 16, 32) as "
+            f"COCO)")
+  value = _plain(value)
+  if isinstance(value, list):
+    return f'--config.{key}="({", ".join(str(v) for v in value)})"'
+  return f"--config.{key}={value}"
+
+
+def config_mismatches(config: ml_collections.ConfigDict,
+                      expected: Mapping[str, Any],
+                      keys: Sequence[str] | None = None
+                      ) -> list[tuple[str, Any, Any]]:
+  """(key, config value, expected value) for each disagreeing dotted key."""
+  out = []
+  for key, want in expected.items():
+    if keys is not None and not any(key == k or key.startswith(k + ".")
+                                    for k in keys):
+      continue
+    have = _config_value(config, key)
+    if not _same(have, want):
+      out.append((key, have, _plain(want)))
+  return out
+
+
+def _mismatch_message(where: str, mismatches) -> str:
+  lines = [f"the config does not match {where}:"]
+  for key, have, want in mismatches:
+    lines.append(f"  {key}: config {have!r}, weights {want!r}")
+  lines.append("  set: " + " ".join(_override(k, w) for k, _, w in mismatches))
+  return "\n".join(lines)
+
+
+def check_preprocessing(config: ml_collections.ConfigDict, prep: Preprocessing,
+                        where: str) -> None:
+  """Raises ConfigMismatchError when config.model normalises images other
+  than the weights `prep` expect (channel order, means, stds)."""
+  bad = config_mismatches(config, preprocessing_config_values(prep))
+  if bad:
+    raise ConfigMismatchError(_mismatch_message(where, bad))
+
+
+# ----------------------------------------------------------------------------
+# faster-rcnn.pytorch detector checkpoints
+# ----------------------------------------------------------------------------
+#
+# faster_rcnn_{session}_{epoch}_{step}.pth = {'model': state dict, 'session',
+# 'epoch', 'optimizer', 'pooling_mode', 'class_agnostic'}; the state dict:
+#   RCNN_base.* / RCNN_top.*    the backbone (see backbone_torch_spec)
+#   RCNN_rpn.RPN_Conv           3x3 conv, 512 channels  -> rpn.conv
+#   RCNN_rpn.RPN_cls_score      1x1 conv, 2A channels    -> rpn.cls_score
+#       (all A background logits, then all A foreground logits: the layout
+#        of our RPNHead, which pairs channel a with channel A + a)
+#   RCNN_rpn.RPN_bbox_pred      1x1 conv, 4A channels    -> rpn.bbox_pred
+#       (anchor-major, 4 * a + coord: the same as ours)
+#   RCNN_cls_score              Linear(D, K)             -> box_predictor.cls_score
+#   RCNN_bbox_pred              Linear(D, 4K) or (D, 4)  -> box_predictor.bbox_pred
+#       (rows class-major, 4 * k + coord: our columns)
+# Every faster-rcnn.pytorch ResNet (its own resnet.py, any depth) puts the
+# stride on the bottleneck's 1x1 conv1 and uses a 3x3/2 max pool with padding
+# 0 and ceil mode, and every network is fed BGR 0..255 minus cfg.PIXEL_MEANS:
+# stride_in_1x1=True and CAFFE_PREPROCESSING for every detector kind.
+
+DETECTOR_META_FORMAT = "frcnn_jax.detector_weights/1"
+
+VOC_CLASSES = (
+    "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus",
+    "car", "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike",
+    "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+# COCO's 80 categories in category-id order (faster-rcnn.pytorch's coco.py
+# order, and our COCO source's).
+COCO_CLASSES = (
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane",
+    "bus", "train", "truck", "boat", "traffic light", "fire hydrant",
+    "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
+    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard",
+    "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop",
+    "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush")
+BACKGROUND = "__background__"
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorKind:
+  """A faster-rcnn.pytorch detector checkpoint of one backbone."""
+  backbone: str  # resnet50 | resnet101 | resnet152 | vgg16
+  description: str
+  preprocessing: Preprocessing = CAFFE_PREPROCESSING
+
+
+DETECTOR_KINDS: dict[str, DetectorKind] = {
+    "faster_rcnn_pytorch_res50": DetectorKind(
+        "resnet50", "faster-rcnn.pytorch detector, ResNet-50 (its resnet.py)"),
+    "faster_rcnn_pytorch_res101": DetectorKind(
+        "resnet101", "faster-rcnn.pytorch detector, ResNet-101 (--net res101)"),
+    "faster_rcnn_pytorch_res152": DetectorKind(
+        "resnet152", "faster-rcnn.pytorch detector, ResNet-152 (its resnet.py)"),
+    "faster_rcnn_pytorch_vgg16": DetectorKind(
+        "vgg16", "faster-rcnn.pytorch detector, VGG16 (--net vgg16)"),
+}
+# The network is read from the checkpoint's keys.
+AUTO_DETECTOR_KIND = "faster_rcnn_pytorch"
+ALL_KINDS = tuple(sorted(KINDS)) + tuple(sorted(DETECTOR_KINDS)) + (
+    AUTO_DETECTOR_KIND,)
+
+
+def is_detector_kind(kind: str) -> bool:
+  return kind == AUTO_DETECTOR_KIND or kind in DETECTOR_KINDS
+
+
+def detector_kind_for_backbone(name: str) -> str:
+  for k, v in DETECTOR_KINDS.items():
+    if v.backbone == name:
+      return k
+  raise ValueError(f"no faster-rcnn.pytorch detector kind for {name!r}")
+
+
+def detector_backbone_config(name: str) -> ml_collections.ConfigDict:
+  """The backbone config of a faster-rcnn.pytorch detector with `name`."""
+  cfg = backbones.default_backbone_config(name)
+  cfg.norm = "frozen_bn"
+  if name != "vgg16":
+    cfg.stride_in_1x1 = True
+  return cfg
+
+
+def resolve_class_names(classes: str, num_classes: int | None = None
+                        ) -> list[str]:
+  """Class names (background first) from 'voc', 'coco' or 'a,b,c'.
+
+  Args:
+    classes: 'voc' (faster-rcnn.pytorch's 20 VOC classes), 'coco' (the 80
+      COCO categories in id order) or a comma-separated list (with or
+      without '__background__' first).
+    num_classes: the checkpoint's K (RCNN_cls_score rows), checked.
+
+  Raises:
+    ValueError: empty or duplicate names, or a count that is not K.
+  """
+  spec = (classes or "").strip()
+  if spec.lower() == "voc":
+    names = list(VOC_CLASSES)
+  elif spec.lower() == "coco":
+    names = list(COCO_CLASSES)
+  else:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+      raise ValueError("class names needed: --classes=voc, --classes=coco or "
+                       "a comma-separated list")
+    if names[0] != BACKGROUND:
+      names = [BACKGROUND] + names
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise ValueError(f"duplicate class names: {dup}")
+  if num_classes is not None and len(names) != num_classes:
+    raise ValueError(
+        f"--classes={classes!r} gives {len(names)} classes (with "
+        f"{BACKGROUND}), but the checkpoint has {num_classes} "
+        f"(RCNN_cls_score.weight has {num_classes} rows): use --classes=voc "
+        f"(21), --classes=coco (81) or list the {num_classes - 1} object "
+        f"classes in the order the model was trained with")
+  return names
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorCheckpointInfo:
+  """What a faster-rcnn.pytorch detector state dict holds (from its shapes).
+
+  Attributes:
+    backbone: 'resnet50' | 'resnet101' | 'resnet152' | 'vgg16', or None when
+      the ResNet's block counts match no known depth.
+    stage_blocks: ResNet blocks per stage (None for VGG16).
+    num_classes: K, background included (RCNN_cls_score rows).
+    class_agnostic: RCNN_bbox_pred has 4 rows instead of 4K.
+    num_anchors: A (RPN_cls_score has 2A output channels).
+    rpn_channels: RPN_Conv output channels (512).
+    trunk_channels: RPN_Conv input channels (1024 ResNet, 512 VGG16).
+    head_channels: RCNN_cls_score input features (2048 ResNet, 4096 VGG16).
+    pooling_mode: the checkpoint's 'pooling_mode' entry, or None.
+    extras: the checkpoint's other scalar entries (session, epoch, ...).
+  """
+  backbone: str | None
+  stage_blocks: tuple[int, ...] | None
+  num_classes: int
+  class_agnostic: bool
+  num_anchors: int
+  rpn_channels: int
+  trunk_channels: int
+  head_channels: int
+  pooling_mode: str | None = None
+  extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def describe(self) -> str:
+    net = self.backbone or f"an unknown ResNet (blocks {self.stage_blocks})"
+    boxes = "class-agnostic boxes" if self.class_agnostic else "per-class boxes"
+    pool = f", pooling_mode {self.pooling_mode!r}" if self.pooling_mode else ""
+    return (f"a faster-rcnn.pytorch detector: {net}, {self.num_classes} "
+            f"classes (with background), {boxes}, {self.num_anchors} anchors, "
+            f"RPN conv {self.rpn_channels} channels{pool}")
+
+
+_DETECTOR_REQUIRED = ("RCNN_rpn.RPN_Conv.weight", "RCNN_rpn.RPN_cls_score.weight",
+                      "RCNN_rpn.RPN_bbox_pred.weight", "RCNN_cls_score.weight",
+                      "RCNN_bbox_pred.weight", "RCNN_base.0.weight")
+
+
+def analyze_detector_state_dict(state_dict: Mapping[str, Any],
+                                extras: Mapping[str, Any] | None = None
+                                ) -> DetectorCheckpointInfo:
+  """Reads network, classes, anchors and box layout from the shapes.
+
+  Raises:
+    WeightImportError: a key every detector has is missing.
+    ValueError: inconsistent shapes (e.g. RPN_bbox_pred not 2x RPN_cls_score).
+  """
+  extras = dict(extras or {})
+  missing = [k for k in _DETECTOR_REQUIRED if k not in state_dict]
+  if missing:
+    raise WeightImportError(missing, [], [], hint=(
+        "not a faster-rcnn.pytorch detector checkpoint; it looks like "
+        + (guess_network(state_dict) if not any(
+            k.startswith("RCNN_base.") for k in state_dict)
+           else "a partial detector")))
+  shape = lambda k: tuple(np.shape(state_dict[k]))
+  cls, box = shape("RCNN_cls_score.weight"), shape("RCNN_bbox_pred.weight")
+  conv = shape("RCNN_rpn.RPN_Conv.weight")
+  rpn_cls = shape("RCNN_rpn.RPN_cls_score.weight")
+  rpn_box = shape("RCNN_rpn.RPN_bbox_pred.weight")
+  k = cls[0]
+  if box[0] not in (4, 4 * k):
+    raise ValueError(f"RCNN_bbox_pred.weight has {box[0]} rows; expected 4 "
+                     f"(class-agnostic) or 4 x {k} (RCNN_cls_score rows)")
+  if rpn_cls[0] % 2 or rpn_box[0] != 2 * rpn_cls[0]:
+    raise ValueError(f"RPN_cls_score has {rpn_cls[0]} channels and "
+                     f"RPN_bbox_pred {rpn_box[0]}: expected 2A and 4A")
+  base0 = shape("RCNN_base.0.weight")
+  if len(base0) == 4 and base0[2:] == (3, 3):
+    name, blocks = "vgg16", None
+  else:
+    blocks = _block_counts(state_dict, ["RCNN_base.4.", "RCNN_base.5.",
+                                        "RCNN_base.6.", "RCNN_top.0."])
+    name = resnet_name_for_blocks(blocks)
+  pm = extras.get("pooling_mode")
+  return DetectorCheckpointInfo(
+      backbone=name, stage_blocks=blocks, num_classes=int(k),
+      class_agnostic=bool(box[0] == 4 and k != 1),
+      num_anchors=int(rpn_cls[0] // 2), rpn_channels=int(conv[0]),
+      trunk_channels=int(conv[1]), head_channels=int(cls[1]),
+      pooling_mode=str(pm) if isinstance(pm, str) else None,
+      extras={k2: v for k2, v in extras.items()
+              if isinstance(v, (str, int, float, bool))})
+
+
+def read_torch_checkpoint(path: str) -> tuple[dict[str, np.ndarray],
+                                              dict[str, Any]]:
+  """(state dict, scalar entries) of a .pth file; only the state dict is
+  converted to numpy (an optimizer state, if any, is dropped unread)."""
+  torch = import_torch()
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no such weights file: {path}")
+  obj = torch.load(path, map_location="cpu", weights_only=True)
+  extras = {}
+  if isinstance(obj, Mapping):
+    extras = {str(k): v for k, v in obj.items()
+              if isinstance(v, (str, int, float, bool))}
+    for key in ("model", "state_dict"):
+      if key in obj and isinstance(obj[key], Mapping):
+        obj = obj[key]
+        break
+  sd = as_state_dict(to_numpy_tree(obj), source=path)
+  return strip_prefix(sd), extras
+
+
+def _anchor_layout(num_anchors: int) -> tuple[tuple, tuple]:
+  """(scales, ratios) with `num_anchors` anchors (only the count matters for
+  the weights; 9 and 12 are the seed's VOC and COCO settings)."""
+  ratios = (0.5, 1.0, 2.0)
+  if num_anchors == 9:
+    return (8, 16, 32), ratios
+  if num_anchors == 12:
+    return (4, 8, 16, 32), ratios
+  if num_anchors % 3 == 0:
+    return tuple(2.0 ** (i + 2) for i in range(num_anchors // 3)), ratios
+  return tuple(2.0 ** (i + 2) for i in range(num_anchors)), (1.0,)
+
+
+def detector_for_checkpoint(info: DetectorCheckpointInfo, *,
+                            abstract: bool = True):
+  """Our FasterRCNN with the shapes of a faster-rcnn.pytorch checkpoint
+  (abstract: nnx.eval_shape, no memory)."""
+  if info.backbone is None:
+    raise ValueError(f"{info.describe()}: its block counts match no "
+                     f"ResNet depth {dict(backbones.RESNET_STAGE_BLOCKS)}")
+  scales, ratios = _anchor_layout(info.num_anchors)
+  pm = info.pooling_mode if info.pooling_mode in ("align", "pool") else "align"
+  settings = detector_lib.DetectorSettings(
+      num_classes=info.num_classes, anchor_scales=scales, anchor_ratios=ratios,
+      rpn=detector_lib.RPNSettings(conv_channels=info.rpn_channels),
+      roi=detector_lib.RoISettings(pooling_mode=pm,
+                                   class_agnostic=info.class_agnostic))
+  bcfg = detector_backbone_config(info.backbone)
+  make = lambda: detector_lib.FasterRCNN(settings, bcfg, rngs=nnx.Rngs(0))
+  return nnx.eval_shape(make) if abstract else make()
+
+
+_DETECTOR_HEADS = {("rpn", "conv"): "RCNN_rpn.RPN_Conv",
+                   ("rpn", "cls_score"): "RCNN_rpn.RPN_cls_score",
+                   ("rpn", "bbox_pred"): "RCNN_rpn.RPN_bbox_pred",
+                   ("box_predictor", "cls_score"): "RCNN_cls_score",
+                   ("box_predictor", "bbox_pred"): "RCNN_bbox_pred"}
+# Modules that a new run may re-initialise when their shapes differ from the
+# starting checkpoint's (another number of classes or anchors).
+REINITIALIZABLE = (("box_predictor", "cls_score"), ("box_predictor", "bbox_pred"),
+                   ("rpn", "cls_score"), ("rpn", "bbox_pred"))
+
+
+def detector_torch_spec(model) -> dict[Path, TorchSource]:
+  """{our path: TorchSource} for every variable of a FasterRCNN (abstract
+  or not), with faster-rcnn.pytorch's key names."""
+  spec = backbone_torch_spec(model.backbone, prefix=("backbone",),
+                             style="faster_rcnn_pytorch")
+  for (top, sub), torch_name in _DETECTOR_HEADS.items():
+    module = getattr(getattr(model, top), sub)
+    for path, var in nnx.to_flat_state(nnx.state(module)):
+      leaf = str(path[-1])
+      if leaf not in ("kernel", "bias") or len(path) != 1:
+        raise ValueError(f"no torch name for {top}.{sub}.{'.'.join(map(str, path))}")
+      spec[(top, sub, leaf)] = _torch_source(
+          f"{torch_name}.{_LEAF_TO_TORCH[leaf]}", var.shape)
+  model_paths = {tuple(p) for p, _ in nnx.to_flat_state(nnx.state(model))}
+  unmapped = sorted(".".join(map(str, p)) for p in model_paths - set(spec))
+  if unmapped:
+    raise ValueError(f"no faster-rcnn.pytorch name for {unmapped[:10]}")
+  return spec
+
+
+def _detector_ignore(key: str) -> bool:
+  return key.endswith("num_batches_tracked")
+
+
+def check_backbone_fits_detector(backbone: backbones.Backbone) -> None:
+  """faster-rcnn.pytorch's ResNets need stride_in_1x1=True and frozen BN."""
+  if isinstance(backbone, backbones.ResNet):
+    problems = []
+    if not backbone.stride_in_1x1:
+      problems.append("--config.backbone.stride_in_1x1=True")
+    if backbone.norm != "frozen_bn":
+      problems.append("--config.backbone.norm=frozen_bn")
+    if backbone.block != "bottleneck":
+      problems.append("a resnet50/101/152 backbone.name")
+    if problems:
+      raise ConfigMismatchError(
+          "faster-rcnn.pytorch's ResNets put the stride on the bottleneck's "
+          "1x1 conv, use a ceil-mode max pool and BatchNorm statistics; set "
+          + " ".join(problems) + f" (the model has {_describe(backbone)}, "
+          f"stride_in_1x1={backbone.stride_in_1x1}, norm={backbone.norm!r})")
+
+
+def load_detector_state_dict(model, state_dict: Mapping[str, Any], *,
+                             reinit_mismatched_heads: bool = False
+                             ) -> list[str]:
+  """Loads a faster-rcnn.pytorch detector state dict into our FasterRCNN.
+
+  Args:
+    model: the detector (its backbone must be a faster-rcnn.pytorch network:
+      see check_backbone_fits_detector).
+    state_dict: {torch key: array}; 'module.' prefixes are stripped.
+    reinit_mismatched_heads: leave the REINITIALIZABLE modules (class scores,
+      box deltas, RPN scores/deltas) as they are when their shapes differ
+      (fine-tuning to other classes or anchors) instead of failing.
+
+  Returns:
+    the modules left as they were ('box_predictor.cls_score', ...).
+
+  Raises:
+    WeightImportError: missing / unexpected keys and shape mismatches, all in
+      one message. The model is unchanged then.
+  """
+  check_backbone_fits_detector(model.backbone)
+  state_dict = strip_prefix(to_numpy_tree(dict(state_dict)))
+  spec = detector_torch_spec(model)
+  skipped: set[tuple[str, str]] = set()
+  if reinit_mismatched_heads:
+    for path, src in spec.items():
+      if (tuple(path[:2]) in REINITIALIZABLE and src.key in state_dict and
+          tuple(np.shape(state_dict[src.key])) != tuple(src.torch_shape)):
+        skipped.add(tuple(path[:2]))
+  skipped_keys = {src.key for p, src in spec.items() if tuple(p[:2]) in skipped}
+  spec = {p: s for p, s in spec.items() if tuple(p[:2]) not in skipped}
+  try:
+    info = analyze_detector_state_dict(state_dict).describe()
+  except ValueError:
+    info = guess_network(state_dict)
+  hint = (f"the checkpoint is {info}; the model is {_describe(model.backbone)} "
+          f"with {model.settings.num_classes} classes, "
+          f"{'class-agnostic' if model.settings.roi.class_agnostic else 'per-class'}"
+          f" boxes, {model.settings.num_anchors} anchors, RPN conv "
+          f"{model.settings.rpn.conv_channels} channels")
+  arrays = convert_state_dict(
+      spec, state_dict, hint=hint,
+      ignore=lambda k: _detector_ignore(k) or k in skipped_keys)
+  assign_arrays(model, arrays,
+                require=lambda p: tuple(p[:2]) not in skipped)
+  return sorted(".".join(s) for s in skipped)
+
+
+def detector_implied_config(info: DetectorCheckpointInfo) -> dict[str, Any]:
+  """The config values (dotted keys) a faster-rcnn.pytorch checkpoint needs.
+
+  num_anchors stands for len(anchors.scales) * len(anchors.ratios).
+  """
+  out: dict[str, Any] = {"backbone.name": info.backbone}
+  if info.backbone != "vgg16":
+    out["backbone.stride_in_1x1"] = True
+    out["backbone.norm"] = "frozen_bn"
+  out.update(preprocessing_config_values(CAFFE_PREPROCESSING))
+  out["rpn.conv_channels"] = info.rpn_channels
+  out["num_anchors"] = info.num_anchors
+  out["roi.class_agnostic"] = info.class_agnostic
+  out["roi.pooling_size"] = 7
+  if info.pooling_mode in ("align", "pool"):
+    out["roi.pooling_mode"] = info.pooling_mode
+    if info.pooling_mode == "align":
+      out["roi.sampling_ratio"] = 0
+      out["roi.aligned"] = False
+  return out
+
+
+def _pure_from_arrays(abstract_model, arrays: Mapping[Path, np.ndarray]
+                      ) -> dict:
+  """model_pure_dict layout (train_lib) filled with `arrays` (every path)."""
+  flat = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(abstract_model))}
+  missing = [p for p in flat if p not in arrays]
+  if missing:
+    raise ValueError(f"no value for {missing[:10]}")
+  pure = nnx.to_pure_dict(nnx.state(abstract_model))
+  for path, var in flat.items():
+    node = pure
+    for k in path[:-1]:
+      node = node[k]
+    node[path[-1]] = np.asarray(arrays[path], dtype=var.dtype)
+  return pure
+
+
+def save_detector_checkpoint(pure: Mapping[str, Any], directory: str,
+                             meta: Mapping[str, Any]) -> str:
+  """Writes DIRECTORY/checkpoints/0 with the items `model` and `meta`, the
+  layout of train_lib.Checkpointer (no `train` item: not resumable, but
+  eval.py / demo.py / init_from read it). Returns the step folder."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ckpt_dir = os.path.join(os.path.abspath(directory), "checkpoints")
+  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    raise FileExistsError(f"{ckpt_dir} already holds checkpoints; choose "
+                          f"another --out or delete it")
+  options = ocp.CheckpointManagerOptions(create=True,
+                                         enable_async_checkpointing=False)
+  with ocp.CheckpointManager(ckpt_dir, options=options) as mngr:
+    mngr.save(0, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(dict(pure)),
+        meta=ocp.args.JsonSave(dict(meta))))
+    mngr.wait_until_finished()
+  return os.path.join(ckpt_dir, "0")
+
+
+def _suggested_config(info: DetectorCheckpointInfo, classes: str
+                      ) -> tuple[str, list[str]]:
+  """(config file, overrides it needs) to evaluate a converted checkpoint."""
+  short = {"resnet50": "res50", "resnet101": "res101", "resnet152": "res152",
+           "vgg16": "vgg16"}[info.backbone]
+  dataset = "coco" if classes.strip().lower() == "coco" else "voc07"
+  path = f"configs/{dataset}_{short}.py"
+  try:
+    # pylint: disable-next=import-outside-toplevel
+    from configs import coco_common, pascal_voc
+    cfg = (coco_common.coco_config(info.backbone) if dataset == "coco" else
+           pascal_voc.voc_config(info.backbone, years="2007"))
+  except ImportError:
+    return path, []
+  bad = config_mismatches(cfg, detector_implied_config(info))
+  return path, [_override(k, w) for k, _, w in bad]
+
+
+def convert_detector_file(src: str, kind: str, out: str, classes: str) -> str:
+  """faster-rcnn.pytorch detector .pth -> OUT/checkpoints/0 (model + meta).
+
+  Returns a summary with the eval command.
+  """
+  sd, extras = read_torch_checkpoint(src)
+  info = analyze_detector_state_dict(sd, extras)
+  if info.backbone is None:
+    raise ValueError(f"{src}: {info.describe()}; known depths: "
+                     f"{dict(backbones.RESNET_STAGE_BLOCKS)}")
+  if not is_detector_kind(kind):
+    raise ValueError(f"{kind!r} is not a detector kind: one of "
+                     f"{sorted(DETECTOR_KINDS) + [AUTO_DETECTOR_KIND]}")
+  if kind != AUTO_DETECTOR_KIND:
+    want = DETECTOR_KINDS[kind].backbone
+    if want != info.backbone:
+      raise ValueError(
+          f"{src} is {info.describe()}, not a {want} (--kind={kind}); use "
+          f"--kind={detector_kind_for_backbone(info.backbone)} or "
+          f"--kind={AUTO_DETECTOR_KIND}. (faster-rcnn.pytorch's upstream "
+          f"resnet.py builds a ResNet-101 whatever --net res50/res152 says.)")
+  kind = detector_kind_for_backbone(info.backbone)
+  names = resolve_class_names(classes, info.num_classes)
+  model = detector_for_checkpoint(info, abstract=True)
+  spec = detector_torch_spec(model)
+  arrays = convert_state_dict(spec, sd, ignore=_detector_ignore,
+                              hint=f"the checkpoint is {info.describe()}")
+  if info.extras.get("class_agnostic") is not None and bool(
+      info.extras["class_agnostic"]) != info.class_agnostic:
+    log.warning("%s: its 'class_agnostic' entry says %s but RCNN_bbox_pred "
+                "has the shape of %s; the shape wins", src,
+                info.extras["class_agnostic"], info.class_agnostic)
+  implied = detector_implied_config(info)
+  notes = []
+  if info.pooling_mode not in (None, "align", "pool"):
+    notes.append(f"trained with pooling_mode {info.pooling_mode!r}, which "
+                 f"frcnn-jax does not implement; 'align' is the closest")
+  if info.pooling_mode is None:
+    notes.append("the checkpoint does not record its pooling_mode")
+  meta = {"format": DETECTOR_META_FORMAT, "kind": kind,
+          "source": os.path.abspath(src), "class_names": names,
+          "num_classes": info.num_classes,
+          "implied_config": implied, "checkpoint": dict(info.extras),
+          "notes": notes}
+  save_detector_checkpoint(_pure_from_arrays(model, arrays), out, meta)
+  cfg_path, overrides = _suggested_config(info, classes)
+  lines = [f"{src}: {info.describe()}",
+           f"  -> {os.path.join(out, 'checkpoints', '0')} ({len(arrays)} arrays, "
+           f"classes {names[1:4]}...)"]
+  lines += [f"  note: {n}" for n in notes]
+  lines.append(f"  evaluate: python eval.py --config={cfg_path} --workdir={out}"
+               + "".join(f" {o}" for o in overrides))
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# What a checkpoint's model needs from the config (eval, demo, init_from)
+# ----------------------------------------------------------------------------
+
+# Keys that change what the weights compute: a checkpoint evaluated (or
+# fine-tuned) with other values gives wrong results or does not load.
+MODEL_KEYS = ("backbone", "model.bgr", "model.pixel_mean", "model.pixel_std",
+              "rpn.conv_channels", "num_anchors", "roi")
+# The part a new run started from a checkpoint must share with it (the heads
+# may change: other classes, anchors or pooling).
+ARCHITECTURE_KEYS = ("backbone", "model.bgr", "model.pixel_mean",
+                     "model.pixel_std", "rpn.conv_channels")
+
+
+def implied_config_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+  """The model-defining config values recorded with a checkpoint.
+
+  A converted detector records them (meta['implied_config']); a training run
+  records its whole config (meta['config'], JSON), from which the same keys
+  are read. {} when neither is there.
+  """
+  if isinstance(meta.get("implied_config"), Mapping):
+    return dict(meta["implied_config"])
+  raw = meta.get("config")
+  if not raw:
+    return {}
+  cfg = json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+  def get(dotted):
+    node = cfg
+    for part in dotted.split("."):
+      if not isinstance(node, Mapping) or part not in node:
+        return None
+      node = node[part]
+    return node
+
+  out: dict[str, Any] = {}
+
+  def put(key):
+    v = get(key)
+    if v is not None:
+      out[key] = _plain(v)
+
+  name = get("backbone.name")
+  put("backbone.name")
+  if name != "vgg16":
+    put("backbone.stride_in_1x1")
+    put("backbone.norm")
+    if get("backbone.norm") == "group":
+      put("backbone.gn_groups")
+  if name == "tiny_resnet":
+    put("backbone.tiny_widths")
+    put("backbone.tiny_blocks")
+  for key in ("model.bgr", "model.pixel_mean", "model.pixel_std",
+              "rpn.conv_channels", "roi.class_agnostic", "roi.pooling_mode",
+              "roi.pooling_size"):
+    put(key)
+  if get("roi.pooling_mode") == "align":
+    put("roi.sampling_ratio")
+    put("roi.aligned")
+  scales, ratios = get("anchors.scales"), get("anchors.ratios")
+  if scales is not None and ratios is not None:
+    out["num_anchors"] = len(scales) * len(ratios)
+  return out
+
+
+def check_config_against_checkpoint(
+    config: ml_collections.ConfigDict, meta: Mapping[str, Any], *,
+    where: str = "the checkpoint", keys: Sequence[str] = MODEL_KEYS) -> None:
+  """Raises ConfigMismatchError when `config` disagrees with what the
+  checkpoint's model was built with (backbone, preprocessing, RPN width,
+  anchors, pooling, class-agnostic boxes), naming the overrides to set.
+
+  Meant for eval_lib.load_for_inference (eval.py, demo.py) right after the
+  meta is read, and used by initialize_model. A checkpoint without recorded
+  settings passes. A faster-rcnn.pytorch checkpoint trained with a pooling
+  mode we lack ('crop') is logged as a warning.
+  """
+  implied = implied_config_from_meta(meta)
+  bad = config_mismatches(config, implied, keys)
+  if bad:
+    raise ConfigMismatchError(_mismatch_message(where, bad))
+  pm = (meta.get("checkpoint") or {}).get("pooling_mode")
+  if isinstance(pm, str) and pm not in ("align", "pool"):
+    log.warning("%s was trained with pooling_mode %r, which frcnn-jax does "
+                "not implement; using config.roi.pooling_mode=%r: results "
+                "differ from PyTorch's", where, pm, config.roi.pooling_mode)
+
+
+# ----------------------------------------------------------------------------
+# Starting weights of a new run: config.init_from
+# ----------------------------------------------------------------------------
+
+
+def guess_kind(state_dict: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+  """(kind, candidates) from a state dict's keys and shapes.
+
+  A kind is returned only when the keys identify it: faster-rcnn.pytorch
+  detectors (RCNN_base.*: the backbone from the block counts) and the
+  ResNet-50/152 ImageNet files (only torchvision's exist). ResNet-101 and
+  VGG16 ImageNet files look the same from torchvision and from caffe
+  (different preprocessing and stride placement): None and both candidates.
+  """
+  if any(k.startswith("RCNN_base.") for k in state_dict):
+    try:
+      info = analyze_detector_state_dict(state_dict)
+    except ValueError:
+      return None, [AUTO_DETECTOR_KIND]
+    if info.backbone is None:
+      return None, []
+    return detector_kind_for_backbone(info.backbone), []
+  if "features.0.weight" in state_dict:
+    name = "vgg16"
+  elif "conv1.weight" in state_dict and any(".conv3." in k for k in state_dict):
+    name = resnet_name_for_blocks(
+        _block_counts(state_dict, [f"layer{i}." for i in range(1, 5)]))
+  else:
+    name = None
+  cands = sorted(k for k, v in KINDS.items() if v.backbone == name)
+  return (cands[0] if len(cands) == 1 else None), cands
+
+
+def _checkpoint_dir(path: str) -> str:
+  """A train workdir or a converted detector folder -> its checkpoints
+  folder (eval_lib.checkpoint_location's rule)."""
+  sub = os.path.join(path, "checkpoints")
+  return sub if os.path.isdir(sub) else path
+
+
+def _checkpoint_steps(ckpt_dir: str) -> list[int]:
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(d) for d in os.listdir(ckpt_dir)
+                if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, "model")))
+
+
+def _read_step_meta(step_dir: str) -> dict[str, Any]:
+  """The JSON `meta` item of a checkpoint step folder ({} if absent)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(os.path.join(step_dir, "meta")):
+    return {}
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+    return dict(ckptr.restore(os.path.join(step_dir, "meta")))
+
+
+def _dotted(path: Sequence[Any]) -> str:
+  return ".".join(str(p) for p in path)
+
+
+def load_model_from_checkpoint(model, ckpt_dir: str, *,
+                               reinit_mismatched_heads: bool = True,
+                               step: int | None = None) -> tuple[int, dict, list[str]]:
+  """Loads the `model` item of a frcnn-jax checkpoint into `model` by name.
+
+  Unlike train_lib.Checkpointer.restore_model, the stored shapes may differ
+  in the REINITIALIZABLE heads (left as they are, when allowed).
+
+  Returns:
+    (step, meta, the modules left as they were).
+
+  Raises:
+    WeightImportError: variables missing, unexpected or of other shapes.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  steps = _checkpoint_steps(ckpt_dir)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+  step = steps[-1] if step is None else step
+  step_dir = os.path.join(os.path.abspath(ckpt_dir), str(step))
+  with ocp.StandardCheckpointer() as ckptr:
+    stored = ckptr.metadata(os.path.join(step_dir, "model"))
+    stored = getattr(stored, "item_metadata", stored)
+    stored = getattr(stored, "tree", stored)
+    flat_stored = {_dotted(getattr(k, "key", k) for k in p): m
+                   for p, m in jax.tree_util.tree_flatten_with_path(
+                       stored, is_leaf=lambda x: hasattr(x, "shape"))[0]}
+  meta = _read_step_meta(step_dir)
+  ours = {_dotted(p): (tuple(p), v)
+          for p, v in nnx.to_flat_state(nnx.state(model))}
+  missing = sorted(set(ours) - set(flat_stored))
+  unexpected = sorted(set(flat_stored) - set(ours))
+  skipped, mismatched = set(), []
+  for name in sorted(set(ours) & set(flat_stored)):
+    path, var = ours[name]
+    have = tuple(flat_stored[name].shape)
+    if have != tuple(var.shape):
+      if reinit_mismatched_heads and tuple(path[:2]) in REINITIALIZABLE:
+        skipped.add(tuple(path[:2]))
+      else:
+        mismatched.append((name, have, tuple(var.shape)))
+  if missing or unexpected or mismatched:
+    raise WeightImportError(missing, unexpected, mismatched,
+                            hint=f"{step_dir} holds another network")
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), stored,
+                        is_leaf=lambda x: hasattr(x, "shape"))
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(os.path.join(step_dir, "model"), target)
+  flat_restored = {_dotted(getattr(k, "key", k) for k in p): v
+                   for p, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
+  arrays = {path: np.asarray(flat_restored[name])
+            for name, (path, _) in ours.items()
+            if tuple(path[:2]) not in skipped}
+  assign_arrays(model, arrays, require=lambda p: tuple(p[:2]) not in skipped)
+  return step, meta, sorted(".".join(s) for s in skipped)
+
+
+def _log_skipped(what: str, skipped: Sequence[str]) -> None:
+  if skipped:
+    log.warning("%s: %s keep their fresh initialisation (other number of "
+                "classes or anchors than the starting weights)", what,
+                ", ".join(skipped))
+
+
+def initialize_model(model, config: ml_collections.ConfigDict) -> str | None:
+  """Starting weights of a NEW training run (a resumed run ignores this).
+
+  `config.init_from` is one of:
+    * a folder written by `python -m frcnn_jax.weights convert` for an
+      ImageNet backbone (it holds meta.json): the backbone's weights;
+    * an ImageNet backbone .pth, with `config.init_from_kind` (see KINDS) or,
+      when the keys identify it, without (ResNet-50/152);
+    * a faster-rcnn.pytorch detector .pth (kind read from the keys, or
+      config.init_from_kind = 'faster_rcnn_pytorch_res101', ...);
+    * a frcnn-jax checkpoint: a train workdir, its checkpoints folder, or a
+      converted detector folder (the newest step's model).
+  For whole detectors, the class-score / box-delta layers (and the RPN's
+  score / delta layers) keep their fresh initialisation when the number of
+  classes (anchors) differs: fine-tuning to another dataset. Everything else
+  must match.
+
+  Checks before loading: the backbone architecture (name, depth,
+  stride_in_1x1, norm) and config.model's preprocessing (bgr, pixel_mean,
+  pixel_std) must be what the weights were trained with; a
+  ConfigMismatchError names the overrides otherwise.
+
+  Returns:
+    a one-line description of what was loaded, or None without init_from.
+  """
+  path = config.get("init_from", "") or ""
+  kind = config.get("init_from_kind", "") or ""
   if not path:
+    if kind:
+      raise ValueError(f"config.init_from_kind={kind!r} needs config.init_from")
     return None
-  return load_pretrained_backbone(backbone, path,
-                                  backbone_config.get("pretrained_kind", ""))
+  if kind and kind not in ALL_KINDS:
+    raise ValueError(f"config.init_from_kind={kind!r}: unknown; one of "
+                     f"{list(ALL_KINDS)}")
+  where = f"config.init_from={path!r}"
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, "meta.json")):
+      meta = read_converted_meta(path)
+      if kind and kind != meta["kind"]:
+        raise ValueError(f"{where} holds kind {meta['kind']!r}, but "
+                         f"config.init_from_kind={kind!r}")
+      check_backbone_fits_kind(model.backbone, meta["kind"])
+      check_preprocessing(config, _kind(meta["kind"]).preprocessing, where)
+      restore_backbone_weights(model.backbone, path)
+      msg = f"backbone from {path} ({meta['kind']})"
+    else:
+      ckpt_dir = _checkpoint_dir(path)
+      if not _checkpoint_steps(ckpt_dir):
+        raise FileNotFoundError(
+            f"{where}: neither a converted backbone (no meta.json) nor a "
+            f"checkpoint folder (no {ckpt_dir}/<step>/model)")
+      if kind:
+        raise ValueError(f"config.init_from_kind={kind!r} is for .pth files; "
+                         f"{path} is a checkpoint folder: leave it ''")
+      steps = _checkpoint_steps(ckpt_dir)
+      meta = _read_step_meta(os.path.join(ckpt_dir, str(steps[-1])))
+      check_config_against_checkpoint(config, meta, where=where,
+                                      keys=ARCHITECTURE_KEYS)
+      step, _, skipped = load_model_from_checkpoint(model, ckpt_dir)
+      _log_skipped(where, skipped)
+      msg = f"whole detector from {ckpt_dir} step {step}"
+  else:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{where}: no such file or folder")
+    sd, extras = read_torch_checkpoint(path)
+    if not kind:
+      kind, cands = guess_kind(sd)
+      if kind is None:
+        raise ValueError(
+            f"{where}: {guess_network(sd)}; its kind cannot be told from the "
+            f"keys: set config.init_from_kind to one of "
+            f"{cands or list(ALL_KINDS)}")
+    if is_detector_kind(kind):
+      info = analyze_detector_state_dict(sd, extras)
+      if kind != AUTO_DETECTOR_KIND and (
+          DETECTOR_KINDS[kind].backbone != info.backbone):
+        raise ValueError(f"{where} is {info.describe()}, not kind {kind!r}")
+      if info.backbone != config.backbone.name:
+        raise ConfigMismatchError(
+            f"{where} is {info.describe()}: set "
+            f"--config.backbone.name={info.backbone}")
+      check_backbone_fits_detector(model.backbone)
+      check_preprocessing(config, CAFFE_PREPROCESSING, where)
+      skipped = load_detector_state_dict(model, sd,
+                                         reinit_mismatched_heads=True)
+      _log_skipped(where, skipped)
+      msg = f"whole detector from {path} ({info.describe()})"
+    else:
+      check_backbone_fits_kind(model.backbone, kind)
+      check_preprocessing(config, _kind(kind).preprocessing, where)
+      load_backbone_state_dict(model.backbone, sd, kind=kind)
+      msg = f"backbone from {path} ({kind})"
+  log.info("initialised: %s", msg)
+  return msg
 
 
 # ----------------------------------------------------------------------------
@@ -663,13 +1606,26 @@ def convert_backbone_file(src: str, kind: str, out: str) -> str:
   load_backbone_state_dict(backbone, read_state_dict(src), kind=kind)
   save_backbone_weights(backbone, out, kind=kind, backbone_config=cfg)
   n = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(backbone)))
-  return f"{src} ({kind}, {n} values) -> {out}"
+  return (f"{src} ({kind}, {n} values) -> {out}\n"
+          f"  train from it: --config.init_from={out}")
 
 
-# kind -> converter(src, kind, out) -> summary. The detector part adds its
-# kinds here.
-CONVERTERS: dict[str, Callable[[str, str, str], str]] = {
-    k: convert_backbone_file for k in KINDS}
+def convert_file(src: str, kind: str, out: str, classes: str = "") -> str:
+  """`python -m frcnn_jax.weights convert`: any kind ('' = from the keys)."""
+  if not kind:
+    kind, cands = guess_kind(read_torch_checkpoint(src)[0])
+    if kind is None:
+      raise ValueError(f"{src}: the kind cannot be told from the keys; pass "
+                       f"--kind, one of {cands or list(ALL_KINDS)}")
+  if is_detector_kind(kind):
+    if not classes:
+      raise ValueError("a detector checkpoint needs --classes=voc, "
+                       "--classes=coco or --classes=name1,name2,...")
+    return convert_detector_file(src, kind, out, classes)
+  if classes:
+    raise ValueError(f"--classes is for detector checkpoints, not {kind!r}")
+  _kind(kind)
+  return convert_backbone_file(src, kind, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -679,27 +1635,48 @@ def main(argv: Sequence[str] | None = None) -> int:
   sub = parser.add_subparsers(dest="command", required=True)
   conv = sub.add_parser("convert", help="convert a .pth file")
   conv.add_argument("--from", dest="src", required=True, help=".pth file")
-  conv.add_argument("--kind", required=True, choices=sorted(CONVERTERS))
+  conv.add_argument("--kind", default="", choices=("",) + ALL_KINDS,
+                    help="kind of weights ('' = read from the keys when they "
+                    "identify it)")
   conv.add_argument("--out", required=True, help="output directory")
+  conv.add_argument("--classes", default="",
+                    help="detectors: voc | coco | name1,name2,... (background "
+                    "first or implied)")
   insp = sub.add_parser("inspect", help="describe a .pth file")
   insp.add_argument("--from", dest="src", required=True, help=".pth file")
   args = parser.parse_args(argv)
   if args.command == "convert":
-    print(CONVERTERS[args.kind](args.src, args.kind, args.out))
+    print(convert_file(args.src, args.kind, args.out, args.classes))
   else:
-    sd = read_state_dict(args.src)
+    sd, extras = read_torch_checkpoint(args.src)
+    kind, cands = guess_kind(sd)
     print(f"{args.src}: {len(sd)} arrays; looks like {guess_network(sd)}")
+    print(f"  kind: {kind or 'ambiguous, one of ' + str(cands or list(ALL_KINDS))}")
+    if extras:
+      print(f"  entries: {extras}")
   return 0
 
 
 __all__ = [
-    "CAFFE_PREPROCESSING", "KINDS", "Preprocessing", "TORCHVISION_PREPROCESSING",
-    "TorchSource", "WeightImportError", "WeightKind", "as_state_dict",
-    "assign_arrays", "backbone_config_for_kind", "backbone_torch_spec",
-    "check_backbone_fits_kind", "convert_state_dict", "default_ignore",
-    "guess_network", "load_backbone_state_dict", "load_pretrained_backbone",
-    "load_pretrained_from_config", "load_torch_file", "main", "read_state_dict",
-    "restore_backbone_weights", "save_backbone_weights",
+    "ALL_KINDS", "ARCHITECTURE_KEYS", "AUTO_DETECTOR_KIND", "CAFFE_PREPROCESSING",
+    "COCO_CLASSES", "ConfigMismatchError", "DETECTOR_KINDS",
+    "DetectorCheckpointInfo", "DetectorKind", "KINDS", "MODEL_KEYS",
+    "Preprocessing", "REINITIALIZABLE", "TORCHVISION_PREPROCESSING",
+    "TorchSource", "VOC_CLASSES", "WeightImportError", "WeightKind",
+    "analyze_detector_state_dict", "as_state_dict", "assign_arrays",
+    "backbone_config_for_kind", "backbone_torch_spec",
+    "check_backbone_fits_detector", "check_backbone_fits_kind",
+    "check_config_against_checkpoint", "check_preprocessing",
+    "config_mismatches", "convert_detector_file", "convert_file",
+    "convert_state_dict", "default_ignore", "detector_backbone_config",
+    "detector_for_checkpoint", "detector_implied_config",
+    "detector_torch_spec", "guess_kind", "guess_network",
+    "implied_config_from_meta", "initialize_model", "load_backbone_state_dict",
+    "load_detector_state_dict", "load_model_from_checkpoint",
+    "load_pretrained_backbone", "load_torch_file", "main",
+    "preprocessing_config_values", "read_state_dict", "read_torch_checkpoint",
+    "resolve_class_names", "restore_backbone_weights",
+    "save_backbone_weights", "save_detector_checkpoint",
 ]
 
 if __name__ == "__main__":
