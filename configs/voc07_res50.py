@@ -1,0 +1,7 @@
+"""PASCAL VOC 2007 trainval -> 2007 test, resnet50 (see pascal_voc.py)."""
+
+from configs import pascal_voc
+
+
+def get_config():
+  return pascal_voc.voc_config("resnet50", years="2007")

@@ -1,0 +1,58 @@
+"""Detections on any folder of images, drawn to PNGs plus a JSON of boxes.
+
+  python demo.py --config=configs/shapes.py --workdir=runs/shapes \
+      --images=path/to/images --out=runs/shapes/demo
+
+Every readable image (jpg, png, bmp, ...; EXIF orientation applied) is resized
+as in evaluation (config.data.scale / max_size), placed on the smallest
+canvas of config.data.buckets that holds it (or, if none does, on a canvas
+rounded up to a multiple of 64 px: one extra compilation per new size), and
+batched by canvas. Writes ``<out>/<name>.png`` and ``<out>/detections.json``:
+``{file: [{"box": [x1, y1, x2, y2], "score", "class", "class_id"}]}`` in the
+original image's pixels (inclusive convention).
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from frcnn_jax import cli
+
+config_flags.DEFINE_config_file(
+    "config", "configs/shapes.py", "Config file (ml_collections).",
+    lock_config=True)
+flags.DEFINE_string("workdir", "", "Train workdir (default: runs/<config "
+                    "name>), or a folder written by `python -m "
+                    "frcnn_jax.weights convert`.")
+flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the newest.")
+flags.DEFINE_string("images", None, "Folder of images.")
+flags.DEFINE_string("out", "", "Output folder (default: <workdir>/demo).")
+flags.DEFINE_float("score_thresh", -1.0, "Draw detections scoring at least "
+                   "this (default: config.test.vis_score_thresh).")
+flags.mark_flag_as_required("images")
+cli.define_distributed_flags()
+FLAGS = flags.FLAGS
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
+              ".webp", ".ppm")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.setup(FLAGS)
+  # pylint: disable=g-import-not-at-top
+  from frcnn_jax import demo_lib
+  # pylint: enable=g-import-not-at-top
+  config = cli.load_config(FLAGS, check_paths=False)
+  workdir = cli.workdir(FLAGS)
+  demo_lib.run(config, workdir, FLAGS.images,
+               FLAGS.out or f"{workdir}/demo",
+               step=None if FLAGS.step < 0 else FLAGS.step,
+               score_thresh=(FLAGS.score_thresh if FLAGS.score_thresh >= 0
+                             else config.test.vis_score_thresh),
+               extensions=EXTENSIONS)
+
+
+if __name__ == "__main__":
+  app.run(main)

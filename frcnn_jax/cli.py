@@ -1,0 +1,85 @@
+"""What train.py, eval.py and demo.py share: flags, devices, config loading."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+
+def define_distributed_flags() -> None:
+  flags.DEFINE_bool(
+      "distributed", False,
+      "Call jax.distributed.initialize() with no arguments (TPU pods, SLURM, "
+      "...: the cluster tells every process its role).")
+  flags.DEFINE_string(
+      "coordinator_address", "",
+      "host:port of process 0, for a multi-process run on machines without "
+      "auto-detection; with --num_processes and --process_id.")
+  flags.DEFINE_integer("num_processes", 1, "Processes in the run.")
+  flags.DEFINE_integer("process_id", 0, "This process's index.")
+  flags.DEFINE_integer(
+      "num_cpu_devices", 0,
+      "If > 0, split the CPU into this many JAX devices (testing data "
+      "parallelism on one machine).")
+  flags.DEFINE_enum("log_level", "info", ["debug", "info", "warning"],
+                    "Python logging level.")
+
+
+def setup(f) -> None:
+  """Logging, fake CPU devices, and jax.distributed, before jax is used."""
+  logging.basicConfig(
+      level=getattr(logging, f.log_level.upper()), stream=sys.stderr,
+      format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "grain", "tensorflow_datasets"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  # pylint: disable-next=g-import-not-at-top
+  import jax
+  if f.num_cpu_devices > 0:
+    jax.config.update("jax_num_cpu_devices", f.num_cpu_devices)
+  multi = f.distributed or f.coordinator_address
+  if multi:
+    if jax.config.jax_platforms in ("cpu",) or os.environ.get(
+        "JAX_PLATFORMS", "") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if f.coordinator_address:
+      jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                                 num_processes=f.num_processes,
+                                 process_id=f.process_id)
+    else:
+      jax.distributed.initialize()
+  logging.getLogger("frcnn_jax").info(
+      "process %d/%d, %d local / %d global devices (%s)",
+      jax.process_index(), jax.process_count(), jax.local_device_count(),
+      jax.device_count(), jax.devices()[0].platform)
+
+
+def load_config(f, *, check_paths: bool = True):
+  """The --config (with overrides), validated."""
+  # pylint: disable-next=g-import-not-at-top
+  from frcnn_jax import config_lib
+  config = f.config
+  config_lib.validate(config, check_paths=check_paths)
+  return config
+
+
+def workdir(f) -> str:
+  """--workdir, or runs/<config file name without .py>."""
+  if f.workdir:
+    return f.workdir
+  path = config_flags.get_config_filename(f["config"])
+  name = os.path.splitext(os.path.basename(path.split(":")[0]))[0]
+  return os.path.join("runs", name)
+
+
+def print_summary(last: dict, workdir_path: str) -> None:
+  # pylint: disable-next=g-import-not-at-top
+  import jax
+  if jax.process_index() != 0:
+    return
+  losses = {k: round(v, 4) for k, v in last.items()
+            if isinstance(v, float) and k.startswith("loss")}
+  print(f"done: {workdir_path}  {losses}")

@@ -1,0 +1,248 @@
+"""Batched inference over a dataset split, and its COCO / VOC metrics.
+
+Inference is one ``jax.jit`` of :meth:`FasterRCNN.predict` with the batch
+sharded on the ``data`` mesh axis and the detections replicated, so with
+several processes every process sees every detection (they are small) and
+process 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from frcnn_jax import metrics as metrics_lib
+from frcnn_jax import train_lib
+from frcnn_jax import vis
+
+log = logging.getLogger(__name__)
+
+
+def make_predict_fn(graphdef, mesh):
+  """``(params, rest, image, im_info, image_id) -> detections`` (jitted).
+
+  ``image_id`` passes through so that every process gets the ids of the
+  whole global batch next to its detections.
+  """
+  rep = train_lib.replicated(mesh)
+  data = train_lib.batch_sharding(mesh)
+
+  def predict(params, rest, image, im_info, image_id):
+    out = nnx.merge(graphdef, params, rest).predict(image, im_info)
+    return dict(out, image_id=image_id)
+
+  return jax.jit(predict, in_shardings=(rep, rep, data, data, data),
+                 out_shardings=rep)
+
+
+def predict_dataset(predict_fn, params, rest, loader, mesh, *,
+                    max_images: int | None = None,
+                    desc: str = "eval") -> dict[str, np.ndarray]:
+  """Detections for every image of ``loader`` (or its first ``max_images``).
+
+  Returns:
+    dict of NumPy arrays over real images only (padding images dropped):
+    ``image_id [n]``, ``boxes [n, Dt, 4]`` (original pixels), ``scores``,
+    ``classes``, ``valid``.
+  """
+  parts = []
+  seen = 0
+  show = jax.process_index() == 0
+  total = len(loader)
+  with tqdm(total=total, desc=desc, unit="batch", disable=not show,
+            dynamic_ncols=True) as bar:
+    for batch in loader:
+      g = train_lib.global_batch(
+          {k: batch[k] for k in ("image", "im_info", "image_id")}, mesh)
+      out = jax.device_get(predict_fn(params, rest, g["image"], g["im_info"],
+                                      g["image_id"]))
+      keep = out["image_id"] >= 0
+      parts.append({k: v[keep] for k, v in out.items()})
+      seen += int(keep.sum())
+      bar.update(1)
+      bar.set_postfix(images=seen)
+      if max_images is not None and seen >= max_images:
+        break
+  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  if max_images is not None:
+    out = {k: v[:max_images] for k, v in out.items()}
+  return out
+
+
+def _voc_inputs(source, preds):
+  by_id = {r.image_id: r for r in source.records}
+  gt, dets = [], []
+  for i, image_id in enumerate(preds["image_id"]):
+    rec = by_id[int(image_id)]
+    gt.append(dict(boxes=rec.boxes, classes=rec.classes,
+                   difficult=rec.difficult))
+    v = preds["valid"][i]
+    dets.append(dict(boxes=preds["boxes"][i][v], scores=preds["scores"][i][v],
+                     classes=preds["classes"][i][v]))
+  return gt, dets
+
+
+def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
+    dict[str, Any], list[dict]]:
+  """COCO and/or VOC metrics of ``preds`` against ``source``'s ground truth.
+
+  Args:
+    source: the split's ``DetectionSource``.
+    preds: output of :func:`predict_dataset`.
+    metric: ``'coco'`` (pycocotools COCOeval), ``'voc'`` (VOC07 11-point and
+      area AP per class) or ``'both'``.
+
+  Returns:
+    ``(metrics, coco_results)``.
+  """
+  if metric not in ("coco", "voc", "both"):
+    raise ValueError(f"metric must be 'coco', 'voc' or 'both', got {metric!r}")
+  results = metrics_lib.detections_to_coco(
+      preds["image_id"], preds["boxes"], preds["scores"], preds["classes"],
+      preds["valid"], source.cat_ids)
+  out: dict[str, Any] = {"num_images": int(len(preds["image_id"])),
+                         "num_detections": len(results)}
+  if metric in ("coco", "both"):
+    out["coco"] = metrics_lib.coco_evaluate(
+        source.coco_gt(), results,
+        image_ids=[int(i) for i in preds["image_id"]],
+        class_names=source.class_names)
+  if metric in ("voc", "both"):
+    gt, dets = _voc_inputs(source, preds)
+    names = source.class_names
+    out["voc07"] = metrics_lib.voc_evaluate(gt, dets, names,
+                                            use_07_metric=True)
+    out["voc_area"] = metrics_lib.voc_evaluate(gt, dets, names,
+                                               use_07_metric=False)
+  return out, results
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+  parts = []
+  if "coco" in m:
+    parts.append(metrics_lib.format_coco_table(m["coco"]))
+  if "voc07" in m:
+    parts.append("VOC07 11-point AP:\n" + metrics_lib.format_voc_table(
+        m["voc07"]))
+    parts.append("VOC area AP:\n" + metrics_lib.format_voc_table(
+        m["voc_area"]))
+  return "\n\n".join(parts)
+
+
+def headline(m: dict[str, Any]) -> dict[str, float]:
+  """A few scalars for logs and TensorBoard."""
+  out = {}
+  if "coco" in m:
+    for k in ("AP", "AP50", "AP75"):
+      out[f"coco/{k}"] = float(m["coco"][k])
+  if "voc07" in m:
+    out["voc07/mAP"] = float(m["voc07"]["mAP"])
+    out["voc_area/mAP"] = float(m["voc_area"]["mAP"])
+  return out
+
+
+def draw_examples(source, preds, out_dir: str, n: int, *,
+                  score_threshold: float = 0.5) -> list[str]:
+  """Writes the first ``n`` images with their detections as PNGs."""
+  os.makedirs(out_dir, exist_ok=True)
+  by_id = {r.image_id: r for r in source.records}
+  paths = []
+  for i in range(min(n, len(preds["image_id"]))):
+    rec = by_id[int(preds["image_id"][i])]
+    img = vis.draw_detections(
+        source.load_image(rec), preds["boxes"][i], preds["classes"][i],
+        preds["scores"][i], source.class_names,
+        score_threshold=score_threshold, valid=preds["valid"][i])
+    path = os.path.join(out_dir, f"{rec.image_id}.png")
+    vis.save_png(path, img)
+    paths.append(path)
+  return paths
+
+
+def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
+             out_dir: str | None = None, max_images: int | None = None,
+             vis_images: int = 0, vis_score_threshold: float = 0.5,
+             desc: str = "eval") -> dict[str, Any]:
+  """Inference over ``loader`` + metrics; process 0 writes ``out_dir``:
+
+  ``detections.json`` (COCO results, original pixels, dataset category ids),
+  ``metrics.json`` and, with ``vis_images``, ``vis/<image_id>.png``.
+  """
+  preds = predict_dataset(predict_fn, params, rest, loader, mesh,
+                          max_images=max_images, desc=desc)
+  m, results = compute_metrics(loader.source, preds, metric=metric)
+  if out_dir and jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "detections.json"), "w") as f:
+      json.dump(results, f)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+      json.dump(m, f, indent=1)
+    if vis_images:
+      draw_examples(loader.source, preds, os.path.join(out_dir, "vis"),
+                    vis_images, score_threshold=vis_score_threshold)
+  return m
+
+
+def checkpoint_location(path: str) -> str:
+  """A train workdir or a converted model folder -> its checkpoints folder."""
+  sub = os.path.join(path, "checkpoints")
+  return sub if os.path.isdir(sub) else path
+
+
+def load_for_inference(config, path: str, *, num_classes: int | None = None,
+                       step: int | None = None, mesh=None):
+  """Builds the detector of ``config`` and restores a checkpoint into it.
+
+  Args:
+    config: the config the model was trained with (overrides allowed for
+      test-time settings: proposals, NMS, thresholds, dtype).
+    path: a train workdir, its ``checkpoints`` folder, or a folder written
+      by ``python -m frcnn_jax.weights convert``.
+    num_classes: expected number of classes (incl. background); default:
+      the checkpoint's class names.
+    step: a checkpoint step; default the newest readable one.
+
+  Returns:
+    ``(graphdef, params, rest, step, class_names)``, arrays replicated on
+    ``mesh``.
+  """
+  from frcnn_jax import detector as detector_lib  # pylint: disable=g-import-not-at-top
+  ckpt = train_lib.Checkpointer(checkpoint_location(path), read_only=True,
+                                async_save=False)
+  try:
+    if not ckpt.all_steps():
+      raise FileNotFoundError(
+          f"no checkpoint in {ckpt.directory}: train first (python train.py "
+          f"--workdir={path}) or convert weights (python -m frcnn_jax.weights "
+          f"convert ...)")
+    meta = ckpt.read_meta(step)
+    from frcnn_jax import weights  # pylint: disable=g-import-not-at-top
+    weights.check_config_against_checkpoint(config, meta,
+                                            where=ckpt.directory)
+    names = meta.get("class_names")
+    if num_classes is None:
+      if not names:
+        raise ValueError(f"{ckpt.directory}: the checkpoint has no class "
+                         f"names; pass num_classes")
+      num_classes = len(names)
+    elif names and len(names) != num_classes:
+      raise ValueError(
+          f"{ckpt.directory} was trained for {len(names)} classes "
+          f"({names[:5]}...), the dataset has {num_classes}")
+    model = detector_lib.build_detector(config, num_classes)
+    rep = train_lib.replicated(mesh) if mesh is not None else None
+    got = ckpt.restore_model(model, step, sharding=rep)
+  finally:
+    ckpt.close()
+  restored_step, _ = got
+  graphdef, params, rest = train_lib.split_model(model)
+  if mesh is not None:
+    params, rest = jax.device_put((params, rest), rep)
+  return graphdef, params, rest, restored_step, names

@@ -1,0 +1,40 @@
+"""Trains a detector: python train.py --config=configs/shapes.py --workdir=runs/shapes
+
+Restarting the same command resumes from the newest checkpoint in
+``workdir/checkpoints``. Config values are overridden on the command line,
+e.g. ``--config.train.batch_size=8 --config.optimizer.lr=8e-3``.
+
+Several hosts (GPU nodes, TPU pods) run the same command on every host, with
+``--distributed`` (automatic on TPU pods and SLURM) or with
+``--coordinator_address``, ``--num_processes`` and ``--process_id``.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from frcnn_jax import cli
+
+config_flags.DEFINE_config_file(
+    "config", "configs/shapes.py", "Config file (ml_collections).",
+    lock_config=True)
+flags.DEFINE_string("workdir", "", "Where checkpoints, logs and plots go "
+                    "(default: runs/<config file name>).")
+cli.define_distributed_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.setup(FLAGS)
+  # pylint: disable-next=g-import-not-at-top
+  from frcnn_jax import train_lib
+  config = cli.load_config(FLAGS)
+  workdir = cli.workdir(FLAGS)
+  last = train_lib.train(config, workdir)
+  cli.print_summary(last, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
