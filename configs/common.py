@@ -43,6 +43,11 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   c.model.bgr = True
   c.model.pixel_mean = CAFFE_BGR_MEANS
   c.model.pixel_std = (1.0, 1.0, 1.0)
+  # RPN NMS implementation, same results: 'jnp' (ops/nms.py, everywhere);
+  # 'auto' = the Pallas kernel (ops/pallas_nms.py) on GPU/TPU, jnp on CPU;
+  # 'pallas' (interpreted, slowly, on CPU). 'jnp' is the default until the
+  # kernel has been run on real GPUs/TPUs (it is only interpret-tested).
+  c.model.nms_impl = "jnp"
 
   c.anchors = ml_collections.ConfigDict()
   c.anchors.scales = (8, 16, 32)   # ANCHOR_SCALES (COCO: 4, 8, 16, 32)

@@ -66,6 +66,9 @@ def validate(config: ml_collections.ConfigDict, *,
          "must be in -1..3", b.fixed_blocks)
   _check(e, config.model.dtype in ("float32", "bfloat16"), "model.dtype",
          "must be 'float32' or 'bfloat16'", config.model.dtype)
+  _check(e, config.model.nms_impl in ("auto", "jnp", "pallas"),
+         "model.nms_impl", "must be 'auto', 'jnp' or 'pallas'",
+         config.model.nms_impl)
   _check(e, len(config.model.pixel_mean) == 3, "model.pixel_mean",
          "needs 3 values", config.model.pixel_mean)
   _check(e, len(config.model.pixel_std) == 3 and

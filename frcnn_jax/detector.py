@@ -36,6 +36,7 @@ from frcnn_jax import roi_heads
 from frcnn_jax import rpn as rpn_lib
 from frcnn_jax import targets
 from ops import anchors as anchor_ops
+from ops import pallas_nms
 
 LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box",
               "loss_total")
@@ -99,6 +100,9 @@ class DetectorSettings:
   pixel_std: tuple = (1.0, 1.0, 1.0)
   bgr: bool = True
   dtype: Any = jnp.float32
+  # RPN NMS: 'jnp', 'auto' (the Pallas kernel on GPU/TPU, jnp on CPU) or
+  # 'pallas' (see ops/pallas_nms.py).
+  nms_impl: str = "jnp"
   rpn: RPNSettings = RPNSettings()
   roi: RoISettings = RoISettings()
   test: TestSettings = TestSettings()
@@ -168,7 +172,8 @@ class FasterRCNN(nnx.Module):
         pre_nms_top_n=r.pre_nms_top_n if train else r.test_pre_nms_top_n,
         post_nms_top_n=r.post_nms_top_n if train else r.test_post_nms_top_n,
         nms_thresh=r.nms_thresh if train else r.test_nms_thresh,
-        min_size=r.min_size if train else r.test_min_size)
+        min_size=r.min_size if train else r.test_min_size,
+        nms_fn=pallas_nms.select_nms(self.settings.nms_impl))
     return jax.vmap(gen)(jax.lax.stop_gradient(fg),
                          jax.lax.stop_gradient(deltas), im_info)
 
@@ -307,7 +312,8 @@ def settings_from_config(config: ml_collections.ConfigDict,
       num_classes=num_classes, anchor_scales=tuple(a.scales),
       anchor_ratios=tuple(a.ratios), feat_stride=a.stride,
       pixel_mean=tuple(m.pixel_mean), pixel_std=tuple(m.pixel_std),
-      bgr=m.bgr, dtype=_DTYPES[m.dtype], rpn=rpn, roi=roi, test=test)
+      bgr=m.bgr, dtype=_DTYPES[m.dtype], nms_impl=m.nms_impl, rpn=rpn,
+      roi=roi, test=test)
 
 
 def build_detector(config: ml_collections.ConfigDict, num_classes: int, *,

@@ -66,7 +66,8 @@ class RPNHead(nnx.Module):
 
 def generate_proposals(scores, deltas, anchors, im_info, *,
                        pre_nms_top_n: int, post_nms_top_n: int,
-                       nms_thresh: float = 0.7, min_size: float = 0.0):
+                       nms_thresh: float = 0.7, min_size: float = 0.0,
+                       nms_fn=nms_ops.nms):
   """Proposals of one image, as the seed's ``_ProposalLayer``.
 
   Decode every anchor, clip to the image's real content (``im_info``),
@@ -81,6 +82,8 @@ def generate_proposals(scores, deltas, anchors, im_info, *,
     im_info: ``[3]`` (height, width, scale).
     pre_nms_top_n: static; ``<= 0`` or ``>= N`` keeps all ``N``.
     post_nms_top_n: static output size ``P``.
+    nms_fn: the NMS implementation (``ops.nms.nms`` or, on GPU/TPU, the
+      Pallas kernel from ``ops.pallas_nms.select_nms``); same results.
 
   Returns:
     ``(boxes [P, 4], scores [P], valid [P] bool)`` sorted by score; padded
@@ -97,7 +100,7 @@ def generate_proposals(scores, deltas, anchors, im_info, *,
   k = n if pre_nms_top_n <= 0 else min(pre_nms_top_n, n)
   top_scores, top_idx = jax.lax.top_k(scores, k)
   top_boxes = boxes[top_idx]
-  keep, valid = nms_ops.nms(top_boxes, top_scores, nms_thresh, post_nms_top_n)
+  keep, valid = nms_fn(top_boxes, top_scores, nms_thresh, post_nms_top_n)
   out_boxes = jnp.where(valid[:, None], top_boxes[keep], 0.0)
   out_scores = jnp.where(valid, top_scores[keep], 0.0)
   return out_boxes, out_scores, valid

@@ -78,3 +78,19 @@ def test_min_size_filter_and_bad_scores(rng):
   np.testing.assert_allclose(np.asarray(b)[0], anchors[2])
   assert np.all(np.isfinite(np.asarray(b))) and np.all(np.isfinite(
       np.asarray(s)))
+
+
+def test_pallas_nms_gives_the_same_proposals(rng):
+  from ops import pallas_nms
+  anchors = A.grid_anchors(4, 5, 16, A.generate_anchors(16, (0.5, 1, 2),
+                                                        (1, 2)))
+  n = len(anchors)
+  scores = rng.uniform(size=n).astype(np.float32)
+  deltas = rng.normal(0, 0.3, (n, 4)).astype(np.float32)
+  info = np.array([64, 80, 1.0], np.float32)
+  outs = [rpn.generate_proposals(scores, deltas, anchors, info,
+                                 pre_nms_top_n=100, post_nms_top_n=40,
+                                 nms_fn=pallas_nms.select_nms(impl))
+          for impl in ("jnp", "pallas")]
+  for a, b in zip(*outs):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
