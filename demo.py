@@ -14,23 +14,15 @@ original image's pixels (inclusive convention).
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from frcnn_jax import cli
 
-config_flags.DEFINE_config_file(
-    "config", "configs/shapes.py", "Config file (ml_collections).",
-    lock_config=True)
-flags.DEFINE_string("workdir", "", "Train workdir (default: runs/<config "
-                    "name>), or a folder written by `python -m "
-                    "frcnn_jax.weights convert`.")
-flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the newest.")
+cli.define_common_flags(reads_checkpoint=True)
 flags.DEFINE_string("images", None, "Folder of images.")
 flags.DEFINE_string("out", "", "Output folder (default: <workdir>/demo).")
 flags.DEFINE_float("score_thresh", -1.0, "Draw detections scoring at least "
                    "this (default: config.test.vis_score_thresh).")
 flags.mark_flag_as_required("images")
-cli.define_distributed_flags()
 FLAGS = flags.FLAGS
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",

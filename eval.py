@@ -9,17 +9,10 @@ inference over the split on every device and prints the COCO table
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from frcnn_jax import cli
 
-config_flags.DEFINE_config_file(
-    "config", "configs/shapes.py", "Config file (ml_collections).",
-    lock_config=True)
-flags.DEFINE_string("workdir", "", "Train workdir (default: runs/<config "
-                    "name>), or a folder written by `python -m "
-                    "frcnn_jax.weights convert`.")
-flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the newest.")
+cli.define_common_flags(reads_checkpoint=True)
 flags.DEFINE_string("split", "", "Dataset split (default: config.data."
                     "val_split).")
 flags.DEFINE_integer("max_images", 0, "Evaluate only the first N images "
@@ -27,7 +20,6 @@ flags.DEFINE_integer("max_images", 0, "Evaluate only the first N images "
 flags.DEFINE_integer("vis", 0, "Write N images with drawn detections.")
 flags.DEFINE_string("out", "", "Output folder (default: <workdir>/eval/"
                     "<split>_step<N>).")
-cli.define_distributed_flags()
 FLAGS = flags.FLAGS
 
 

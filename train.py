@@ -11,16 +11,10 @@ Several hosts (GPU nodes, TPU pods) run the same command on every host, with
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from frcnn_jax import cli
 
-config_flags.DEFINE_config_file(
-    "config", "configs/shapes.py", "Config file (ml_collections).",
-    lock_config=True)
-flags.DEFINE_string("workdir", "", "Where checkpoints, logs and plots go "
-                    "(default: runs/<config file name>).")
-cli.define_distributed_flags()
+cli.define_common_flags(reads_checkpoint=False)
 FLAGS = flags.FLAGS
 
 

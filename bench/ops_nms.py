@@ -31,6 +31,8 @@ import time
 import jax
 import numpy as np
 
+from bench import timing
+
 from ops import nms as nms_lib
 
 
@@ -101,16 +103,6 @@ def numpy_batched(boxes, scores, thresh, max_det, score_thresh=0.0):
   return dets[np.argsort(-dets[:, 0], kind="stable")[:max_det]]
 
 
-def _median_ms(fn, repeats: int) -> float:
-  fn()  # Warm-up (compilation for jitted functions).
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return 1e3 * float(np.median(times))
-
-
 def _torchvision():
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -136,8 +128,8 @@ def run(args) -> list[dict]:
     ref = nms_cpu(boxes, scores, np.float32(thr))
     row = {
         "case": f"nms {n}->{max_out if max_out < n else 'all'} @{thr}",
-        "ours_ms": _median_ms(ours, args.repeats),
-        "numpy_ms": _median_ms(
+        "ours_ms": timing.median_ms(ours, args.repeats),
+        "numpy_ms": timing.median_ms(
             lambda: nms_cpu(boxes, scores, np.float32(thr))[:max_out],  # pylint: disable=cell-var-from-loop
             args.repeats),
         "match": bool(np.array_equal(np.asarray(idx)[np.asarray(valid)],
@@ -147,7 +139,7 @@ def run(args) -> list[dict]:
     }
     if torch is not None:
       tb, ts = torch.from_numpy(boxes), torch.from_numpy(scores)
-      row["torchvision_ms"] = _median_ms(
+      row["torchvision_ms"] = timing.median_ms(
           lambda: torchvision.ops.nms(tb, ts, thr)[:max_out],  # pylint: disable=cell-var-from-loop
           args.repeats)
     rows.append(row)
@@ -161,8 +153,8 @@ def run(args) -> list[dict]:
   ref = numpy_batched(boxes, scores, np.float32(thr), d)
   row = {
       "case": f"batched_nms {k}x{n}->{d} @{thr}",
-      "ours_ms": _median_ms(ours, args.repeats),
-      "numpy_ms": _median_ms(
+      "ours_ms": timing.median_ms(ours, args.repeats),
+      "numpy_ms": timing.median_ms(
           lambda: numpy_batched(boxes, scores, np.float32(thr), d),
           args.repeats),
       "match": bool(np.array_equal(np.asarray(out[2]), ref[:, 1])
@@ -179,7 +171,7 @@ def run(args) -> list[dict]:
       idx = torch.nonzero(keep_mask).view(-1)
       keep = torchvision.ops.batched_nms(tb[idx], ts[idx], labels[idx], thr)
       return idx[keep[:d]]
-    row["torchvision_ms"] = _median_ms(tv_batched, args.repeats)
+    row["torchvision_ms"] = timing.median_ms(tv_batched, args.repeats)
   rows.append(row)
 
   for row in rows:

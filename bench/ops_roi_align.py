@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from bench import timing
+
 IMG_H, IMG_W = 600, 1000
 
 
@@ -101,14 +103,6 @@ def np_roi_pool(feat, rois, out, scale):
 
 # ---------------------------------------------------------------------------
 
-def _median_ms(fn, repeats):
-  ts = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t)
-  return 1e3 * float(np.median(ts))
-
 
 def _ratio(a, b):
   return a / b if (a is not None and b) else None
@@ -164,22 +158,26 @@ def run(args) -> list[dict]:
       t0 = time.perf_counter()
       jax.block_until_ready(fwdbwd(feat, rois))
       compile_bwd = time.perf_counter() - t0
-      ours_f = _median_ms(lambda: jax.block_until_ready(fwd(feat, rois)), args.repeats)
-      ours_fb = _median_ms(lambda: jax.block_until_ready(fwdbwd(feat, rois)),
-                           args.repeats)
+      ours_f = timing.median_ms(
+          lambda: jax.block_until_ready(fwd(feat, rois)), args.repeats,
+          warmup=False)
+      ours_fb = timing.median_ms(
+          lambda: jax.block_until_ready(fwdbwd(feat, rois)), args.repeats,
+          warmup=False)
       ref_f = None
       if n_ref > 0:
-        ref_f = _median_ms(lambda: ref(n_ref), max(1, args.repeats // 2)) * n / n_ref
+        ref_f = timing.median_ms(lambda: ref(n_ref), max(1, args.repeats // 2),
+                                 warmup=False) * n / n_ref
       tv_f = tv_fb = None
       if tv is not None:
-        tv_f = _median_ms(lambda: tv(tfeat), args.repeats)
+        tv_f = timing.median_ms(lambda: tv(tfeat), args.repeats, warmup=False)
 
         def tv_step():
           x = tfeat.detach().requires_grad_(True)
           y = tv(x)
           y.backward(tcot)
           return x.grad
-        tv_fb = _median_ms(tv_step, args.repeats)
+        tv_fb = timing.median_ms(tv_step, args.repeats, warmup=False)
         if args.check:
           want = tv(tfeat).permute(0, 2, 3, 1).numpy()
           err = float(np.abs(np.asarray(fwd(feat, rois)) - want).max())

@@ -31,18 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench import timing
+
 from bench.ops_nms import nms_cpu, realistic_boxes
 from ops import nms as nms_lib
 from ops import pallas_nms
-
-
-def _median_ms(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return 1e3 * float(np.median(times))
 
 
 def _compile_s(fn) -> float:
@@ -86,8 +79,8 @@ def run(args) -> list[dict]:
     row = {"case": f"{n}->{max_out if max_out < n else 'all'} @{thr}",
            "pallas_compile_s": _compile_s(ours),
            "jnp_compile_s": _compile_s(peer)}
-    row["pallas_ms"] = _median_ms(ours, args.repeats)
-    row["jnp_ms"] = _median_ms(peer, args.repeats)
+    row["pallas_ms"] = timing.median_ms(ours, args.repeats, warmup=False)
+    row["jnp_ms"] = timing.median_ms(peer, args.repeats, warmup=False)
     row["pallas/jnp"] = row["pallas_ms"] / row["jnp_ms"]
     got, want = _kept(ours()), _kept(peer())
     ref = nms_cpu(boxes, scores, np.float32(thr))[:max_out]
@@ -108,7 +101,7 @@ def run(args) -> list[dict]:
     kern = lambda: jax.block_until_ready(  # pylint: disable=cell-var-from-loop
         mask_fn(rows_b, cols_b, jthr, interpret=mode == "interpret"))  # pylint: disable=cell-var-from-loop
     kern()
-    row["mask_ms"] = _median_ms(kern, args.repeats)
+    row["mask_ms"] = timing.median_ms(kern, args.repeats, warmup=False)
     row["mask_mb"] = rb * p / 8 / 2**20
     rows.append(row)
   for r in rows:

@@ -10,6 +10,26 @@ from absl import flags
 from ml_collections import config_flags
 
 
+_CHECKPOINT_WORKDIR_HELP = (
+    "Train workdir (default: runs/<config name>), or a folder written by "
+    "`python -m frcnn_jax.weights convert`.")
+
+
+def define_common_flags(*, reads_checkpoint: bool) -> None:
+  """--config, --workdir (and --step for tools that read a checkpoint),
+  plus the device / distributed flags."""
+  config_flags.DEFINE_config_file(
+      "config", "configs/shapes.py", "Config file (ml_collections).",
+      lock_config=True)
+  if reads_checkpoint:
+    flags.DEFINE_string("workdir", "", _CHECKPOINT_WORKDIR_HELP)
+    flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the newest.")
+  else:
+    flags.DEFINE_string("workdir", "", "Where checkpoints, logs and plots go "
+                        "(default: runs/<config file name>).")
+  define_distributed_flags()
+
+
 def define_distributed_flags() -> None:
   flags.DEFINE_bool(
       "distributed", False,

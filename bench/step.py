@@ -1,0 +1,364 @@
+"""Train step and inference of whole detectors, ours vs torchvision's FasterRCNN.
+
+  python -m bench.step [--models tiny,r50,r101] [--height 600 --width 1000]
+                       [--batch 1] [--repeats 3] [--no-torch]
+
+For each model: the compile time of the jitted train step and of inference,
+the median train-step time, inference images/s, XLA's FLOP count (cost
+analysis) and the achieved GFLOP/s, XLA's memory plan (arguments + temporaries)
+and the process's peak RSS growth while the step runs. When torchvision imports,
+the same numbers for `torchvision.models.detection.FasterRCNN` built with the
+same C4 network (ResNet trunk to layer3 with frozen BatchNorm and frozen
+conv1/layer1 as the backbone, layer4 + mean pooling as the box head, the same
+anchors (3 sizes x 3 ratios), RoI counts (12000 -> 2000 proposals in training,
+6000 -> 300 in test, 256 anchors, 128 RoIs per image), RoIAlign 7x7 with
+adaptive sampling, the same image size and batch), measured in the same run,
+and the ratios. Images are random (uint8 for ours, the same pixels as floats for
+torchvision), with 5 random ground-truth boxes each; parameters are randomly
+initialised (speed does not depend on them).
+
+Every measurement runs in its own subprocess (`--isolate`, default) so the
+peak-RSS numbers of one framework do not hide in memory freed by another;
+timings do not depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from bench import timing
+
+MODELS = {"tiny": "tiny_resnet", "r50": "resnet50", "r101": "resnet101"}
+
+
+class PeakRSS:
+  """Samples this process's RSS in a thread; `.peak - .base` in MiB."""
+
+  def __init__(self, interval=0.01):
+    import psutil  # pylint: disable=import-outside-toplevel
+    self._proc = psutil.Process()
+    self.base = self.peak = self._proc.memory_info().rss
+    self._stop = threading.Event()
+    self._interval = interval
+    self._thread = threading.Thread(target=self._run, daemon=True)
+
+  def _run(self):
+    while not self._stop.is_set():
+      self.peak = max(self.peak, self._proc.memory_info().rss)
+      time.sleep(self._interval)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+  @property
+  def mib(self):
+    return (self.peak - self.base) / 2**20
+
+
+def make_inputs(h, w, batch, num_gt=5, seed=0):
+  rng = np.random.default_rng(seed)
+  image = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+  xy = rng.uniform(0, [w * 0.7, h * 0.7], (batch, num_gt, 2))
+  wh = rng.uniform(40, 250, (batch, num_gt, 2))
+  boxes = np.concatenate([xy, np.minimum(xy + wh, [w - 1, h - 1])],
+                         -1).astype(np.float32)
+  classes = rng.integers(1, 21, (batch, num_gt)).astype(np.int32)
+  return image, boxes, classes
+
+
+def seed_config(model: str, h: int, w: int, batch: int, dtype="float32"):
+  """Our config for a benchmark model at canvas (h, w) (multiples of 16)."""
+  from configs import common  # pylint: disable=import-outside-toplevel
+  from configs import shapes  # pylint: disable=import-outside-toplevel
+  c = shapes.get_config() if model == "tiny" else common.base_config(
+      MODELS[model])
+  c.data.buckets = ((h, w),)
+  c.train.batch_size = batch
+  c.model.dtype = dtype
+  if model != "tiny":
+    c.optimizer.lr = 1e-3 * batch
+  return c
+
+
+def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
+                 do_train: bool = True, dtype: str = "float32") -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import detector  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import eval_lib  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import train_lib  # pylint: disable=import-outside-toplevel
+  hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
+  c = seed_config(model, hp, wp, batch, dtype)
+  image, boxes, classes = make_inputs(hp, wp, batch)
+  m = c.data.max_num_box
+  gt = np.zeros((batch, m, 4), np.float32)
+  gt[:, :boxes.shape[1]] = boxes
+  cls = np.zeros((batch, m), np.int32)
+  cls[:, :classes.shape[1]] = classes
+  valid = np.zeros((batch, m), bool)
+  valid[:, :boxes.shape[1]] = True
+  im_info = np.tile(np.array([[h, w, 1.0]], np.float32), (batch, 1))
+  out = {"framework": "ours (jax)", "model": model, "image": f"{h}x{w}",
+         "canvas": f"{hp}x{wp}", "batch": batch, "dtype": dtype}
+  mesh = train_lib.create_mesh()
+  net = detector.build_detector(c, 21)
+  tx, sched = train_lib.make_optimizer(c.optimizer, 1000)
+  graphdef, state = train_lib.create_train_state(net, tx, 0)
+  del net
+  state = jax.device_put(state, train_lib.replicated(mesh))
+  batch_d = train_lib.global_batch(
+      dict(image=image, im_info=im_info, gt_boxes=gt, gt_classes=cls,
+           gt_valid=valid), mesh)
+  if do_train:
+    step = train_lib.jit_train_step(
+        train_lib.make_train_step(graphdef, tx, sched), mesh)
+    t = time.perf_counter()
+    compiled = step.lower(state, batch_d).compile()
+    out["train_compile_s"] = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    out["train_gflop"] = float(cost.get("flops", float("nan"))) / 1e9
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      out["train_xla_mib"] = (mem.argument_size_in_bytes +
+                              mem.temp_size_in_bytes) / 2**20
+    holder = {"state": state}
+
+    def run_step():
+      holder["state"], metrics = compiled(holder["state"], batch_d)
+      jax.block_until_ready(metrics)
+
+    with PeakRSS() as rss:
+      out["train_step_s"] = timing.median_s(run_step, repeats)
+    out["train_rss_mib"] = rss.mib
+    out["train_gflops"] = out["train_gflop"] / out["train_step_s"]
+    state = holder["state"]
+  predict = eval_lib.make_predict_fn(graphdef, mesh)
+  ids = train_lib.global_batch({"i": np.arange(batch, dtype=np.int32)},
+                               mesh)["i"]
+  t = time.perf_counter()
+  compiled_p = predict.lower(state.params, state.rest, batch_d["image"],
+                             batch_d["im_info"], ids).compile()
+  out["infer_compile_s"] = time.perf_counter() - t
+  cost = compiled_p.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  out["infer_gflop"] = float(cost.get("flops", float("nan"))) / 1e9
+
+  def run_predict():
+    jax.block_until_ready(compiled_p(state.params, state.rest,
+                                     batch_d["image"], batch_d["im_info"],
+                                     ids))
+
+  with PeakRSS() as rss:
+    s = timing.median_s(run_predict, repeats)
+  out["infer_rss_mib"] = rss.mib
+  out["infer_images_per_s"] = batch / s
+  return out
+
+
+def build_torchvision(model: str, num_classes: int = 21):
+  """torchvision FasterRCNN with the seed's C4 network and settings."""
+  # pylint: disable=import-outside-toplevel
+  import torch
+  import torchvision
+  from torchvision.models.detection import FasterRCNN
+  from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+  from torchvision.models.detection.rpn import AnchorGenerator
+  from torchvision.ops import MultiScaleRoIAlign
+  from torchvision.ops import misc
+  # pylint: enable=import-outside-toplevel
+  r = getattr(torchvision.models, MODELS[model])(
+      weights=None, norm_layer=misc.FrozenBatchNorm2d)
+  trunk = torch.nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1,
+                              r.layer2, r.layer3)
+  trunk.out_channels = 1024
+  for p in list(r.conv1.parameters()) + list(r.layer1.parameters()):
+    p.requires_grad_(False)   # FIXED_BLOCKS = 1
+
+  class Head(torch.nn.Module):
+
+    def __init__(self, layer4):
+      super().__init__()
+      self.layer4 = layer4
+
+    def forward(self, x):
+      return self.layer4(x).mean((2, 3))
+
+  return FasterRCNN(
+      trunk, num_classes=None,
+      rpn_anchor_generator=AnchorGenerator(((128, 256, 512),),
+                                           ((0.5, 1.0, 2.0),)),
+      box_roi_pool=MultiScaleRoIAlign(["0"], 7, sampling_ratio=0),
+      box_head=Head(r.layer4),
+      box_predictor=FastRCNNPredictor(2048, num_classes),
+      rpn_pre_nms_top_n_train=12000, rpn_post_nms_top_n_train=2000,
+      rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_test=300,
+      rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
+      rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+      box_score_thresh=0.0, box_nms_thresh=0.3, box_detections_per_img=100,
+      box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5,
+      box_batch_size_per_image=128, box_positive_fraction=0.25)
+
+
+def measure_torchvision(model: str, h: int, w: int, batch: int,
+                        repeats: int, do_train: bool = True) -> dict:
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  net = build_torchvision(model)
+  # No resizing: the images already have the size under test.
+  net.transform.min_size = (min(h, w),)
+  net.transform.max_size = max(h, w)
+  image, boxes, classes = make_inputs(h, w, batch)
+  images = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
+            for im in image]
+  targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(
+      c.astype(np.int64))} for b, c in zip(boxes, classes)]
+  out = {"framework": "torchvision", "model": model, "image": f"{h}x{w}",
+         "canvas": "pad to 32", "batch": batch, "dtype": "float32"}
+  if do_train:
+    net.train()
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad],
+                          lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+    def run_step():
+      losses = net(images, targets)
+      loss = sum(losses.values())
+      opt.zero_grad()
+      loss.backward()
+      opt.step()
+
+    with PeakRSS() as rss:
+      out["train_step_s"] = timing.median_s(run_step, repeats)
+    out["train_rss_mib"] = rss.mib
+  net.eval()
+
+  def run_predict():
+    with torch.no_grad():
+      net(images)
+
+  with PeakRSS() as rss:
+    s = timing.median_s(run_predict, repeats)
+  out["infer_rss_mib"] = rss.mib
+  out["infer_images_per_s"] = batch / s
+  return out
+
+
+def _in_subprocess(kind, kwargs):
+  code = (f"import json, sys; sys.path.insert(0, {os.getcwd()!r}); "
+          f"from bench import step; "
+          f"print('RESULT ' + json.dumps(step.{kind}(**{kwargs!r})))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True)
+  for line in proc.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[7:])
+  raise RuntimeError(f"{kind}{kwargs} failed:\n{proc.stderr[-4000:]}")
+
+
+def torchvision_available() -> bool:
+  try:
+    import torchvision  # pylint: disable=import-outside-toplevel,unused-import
+    return True
+  except ImportError:
+    return False
+
+
+def run(args) -> list[dict]:
+  rows = []
+  for model in args.models:
+    kw = dict(model=model, h=args.height, w=args.width, batch=args.batch,
+              repeats=args.repeats, do_train=args.train)
+    ours = (_in_subprocess("measure_ours", dict(kw, dtype=args.dtype))
+            if args.isolate else measure_ours(**kw, dtype=args.dtype))
+    rows.append(ours)
+    if args.torch and model != "tiny":
+      tv = (_in_subprocess("measure_torchvision", kw) if args.isolate
+            else measure_torchvision(**kw))
+      rows.append(tv)
+      ratio = {"framework": "ours / torchvision", "model": model}
+      for k in ("train_step_s", "infer_images_per_s", "train_rss_mib",
+                "infer_rss_mib"):
+        if ours.get(k) and tv.get(k):
+          ratio[k] = ours[k] / tv[k]
+      rows.append(ratio)
+  return rows
+
+
+COLUMNS = [
+    ("framework", "framework", "s"), ("model", "model", "s"),
+    ("image", "image", "s"), ("batch", "B", "s"), ("dtype", "dtype", "s"),
+    ("train_step_s", "train step s", ".2f"),
+    ("infer_images_per_s", "infer img/s", ".2f"),
+    ("train_compile_s", "compile train s", ".1f"),
+    ("infer_compile_s", "compile infer s", ".1f"),
+    ("train_gflop", "train GFLOP", ".0f"),
+    ("train_gflops", "train GFLOP/s", ".1f"),
+    ("infer_gflop", "infer GFLOP", ".0f"),
+    ("train_xla_mib", "XLA plan MiB", ".0f"),
+    ("train_rss_mib", "train RSS+ MiB", ".0f"),
+    ("infer_rss_mib", "infer RSS+ MiB", ".0f"),
+]
+
+
+def format_table(rows) -> str:
+  lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |",
+           "|" + "---|" * len(COLUMNS)]
+  for r in rows:
+    cells = []
+    for key, _, fmt in COLUMNS:
+      v = r.get(key)
+      cells.append("" if v is None else (format(v, fmt) if fmt != "s"
+                                         else str(v)))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--models", default="tiny,r50,r101",
+                 type=lambda s: s.split(","))
+  p.add_argument("--height", type=int, default=600)
+  p.add_argument("--width", type=int, default=1000)
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--dtype", default="float32", choices=["float32",
+                                                        "bfloat16"])
+  p.add_argument("--train", action=argparse.BooleanOptionalAction,
+                 default=True)
+  p.add_argument("--torch", action=argparse.BooleanOptionalAction,
+                 default=None, help="default: when torchvision imports")
+  p.add_argument("--isolate", action=argparse.BooleanOptionalAction,
+                 default=True)
+  args = p.parse_args(argv)
+  if args.torch is None:
+    args.torch = torchvision_available()
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  rows = run(args)
+  import jax  # pylint: disable=import-outside-toplevel
+  print("$ " + shlex.join([sys.executable, "-m", "bench.step"] +
+                          (sys.argv[1:] if argv is None else list(argv))))
+  print(f"# jax {jax.__version__} on {jax.devices()[0].platform} "
+        f"({os.cpu_count()} CPUs); medians of {args.repeats} after a warm-up")
+  print(format_table(rows))
+
+
+if __name__ == "__main__":
+  main()
