@@ -1,11 +1,12 @@
 """Train step and inference of whole detectors, ours vs torchvision's FasterRCNN.
 
   python -m bench.step [--models tiny,r50,r101] [--height 600 --width 1000]
-                       [--batch 1] [--repeats 3] [--no-torch]
+                       [--batch 1] [--repeats 3] [--no-torch] [--profile]
 
 For each model: the compile time of the jitted train step and of inference,
 the median train-step time, inference images/s, XLA's FLOP count (cost
-analysis) and the achieved GFLOP/s, XLA's memory plan (arguments + temporaries)
+analysis), the achieved GFLOP/s and MFU (achieved / this device's measured
+dense-matmul rate, `timing.matmul_peak_gflops`), XLA's memory plan (arguments + temporaries)
 and the process's peak RSS growth while the step runs. When torchvision imports,
 the same numbers for `torchvision.models.detection.FasterRCNN` built with the
 same C4 network (ResNet trunk to layer3 with frozen BatchNorm and frozen
@@ -109,7 +110,8 @@ def zero_init_residual(backbone) -> None:
 
 
 def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
-                 do_train: bool = True, dtype: str = "float32") -> dict:
+                 do_train: bool = True, dtype: str = "float32",
+                 profile: bool = False) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from frcnn_jax import detector  # pylint: disable=import-outside-toplevel
   from frcnn_jax import eval_lib  # pylint: disable=import-outside-toplevel
@@ -160,6 +162,8 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
       out["train_step_s"] = timing.median_s(run_step, repeats)
     out["train_rss_mib"] = rss.mib
     out["train_gflops"] = out["train_gflop"] / out["train_step_s"]
+    if profile:
+      out["train_profile"] = timing.profile_top(run_step)
     state = holder["state"]
   predict = eval_lib.make_predict_fn(graphdef, mesh)
   ids = train_lib.global_batch({"i": np.arange(batch, dtype=np.int32)},
@@ -181,6 +185,13 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
     s = timing.median_s(run_predict, repeats)
   out["infer_rss_mib"] = rss.mib
   out["infer_images_per_s"] = batch / s
+  out["infer_gflops"] = out["infer_gflop"] * out["infer_images_per_s"] / batch
+  out["matmul_peak_gflops"] = timing.matmul_peak_gflops(dtype=dtype)
+  for k in ("train", "infer"):
+    if f"{k}_gflops" in out:
+      out[f"{k}_mfu"] = out[f"{k}_gflops"] / out["matmul_peak_gflops"]
+  if profile:
+    out["infer_profile"] = timing.profile_top(run_predict)
   return out
 
 
@@ -281,6 +292,7 @@ def measure_torchvision(model: str, h: int, w: int, batch: int,
   with flop_counter.FlopCounterMode(display=False) as counter:
     run_predict()
   out["infer_gflop"] = counter.get_total_flops() / 1e9
+  out["infer_gflops"] = out["infer_gflop"] * out["infer_images_per_s"] / batch
   return out
 
 
@@ -309,8 +321,9 @@ def run(args) -> list[dict]:
   for model in args.models:
     kw = dict(model=model, h=args.height, w=args.width, batch=args.batch,
               repeats=args.repeats, do_train=args.train)
-    ours = (_in_subprocess("measure_ours", dict(kw, dtype=args.dtype))
-            if args.isolate else measure_ours(**kw, dtype=args.dtype))
+    kw_ours = dict(kw, dtype=args.dtype, profile=args.profile)
+    ours = (_in_subprocess("measure_ours", kw_ours) if args.isolate
+            else measure_ours(**kw_ours))
     rows.append(ours)
     if args.torch and model != "tiny":
       tv = (_in_subprocess("measure_torchvision", kw) if args.isolate
@@ -337,6 +350,10 @@ COLUMNS = [
     ("train_gflop", "train GFLOP", ".0f"),
     ("train_gflops", "train GFLOP/s", ".1f"),
     ("infer_gflop", "infer GFLOP", ".0f"),
+    ("infer_gflops", "infer GFLOP/s", ".1f"),
+    ("matmul_peak_gflops", "matmul peak GFLOP/s", ".0f"),
+    ("train_mfu", "train MFU", ".2f"),
+    ("infer_mfu", "infer MFU", ".2f"),
     ("train_xla_mib", "XLA plan MiB", ".0f"),
     ("train_rss_mib", "train RSS+ MiB", ".2f"),
     ("infer_rss_mib", "infer RSS+ MiB", ".2f"),
@@ -348,8 +365,11 @@ def format_table(rows) -> str:
            "|" + "---|" * len(COLUMNS)]
   for r in rows:
     cells = []
+    is_ratio = r["framework"].startswith("ours /")
     for key, _, fmt in COLUMNS:
       v = r.get(key)
+      if is_ratio and fmt != "s":
+        fmt = ".2f"  # Ratios, whatever the column's unit.
       cells.append("" if v is None else (format(v, fmt) if fmt != "s"
                                          else str(v)))
     lines.append("| " + " | ".join(cells) + " |")
@@ -372,6 +392,10 @@ def parse_args(argv=None):
                  default=None, help="default: when torchvision imports")
   p.add_argument("--isolate", action=argparse.BooleanOptionalAction,
                  default=True)
+  p.add_argument("--profile", action="store_true",
+                 help="also trace one train step and one inference call of "
+                 "ours with the JAX profiler and print the op kinds that "
+                 "took longest")
   args = p.parse_args(argv)
   if args.torch is None:
     args.torch = torchvision_available()
@@ -387,6 +411,19 @@ def main(argv=None):
   print(f"# jax {jax.__version__} on {jax.devices()[0].platform} "
         f"({os.cpu_count()} CPUs); medians of {args.repeats} after a warm-up")
   print(format_table(rows))
+  for r in rows:
+    for key in ("train_profile", "infer_profile"):
+      if r.get(key):
+        print(f"\n{r['model']} {key.split('_')[0]}: where the time goes "
+              f"(one call, JAX profiler)")
+        print(format_profile(r[key]))
+
+
+def format_profile(rows) -> str:
+  total = sum(ms for _, ms, _ in rows) or 1.0
+  lines = ["| XLA op kind | ms | calls | share of listed |", "|---|---|---|---|"]
+  lines += [f"| {k} | {ms:.0f} | {n} | {ms / total:.0%} |" for k, ms, n in rows]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

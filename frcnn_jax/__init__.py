@@ -1,0 +1,1 @@
+"""frcnn-jax: Faster R-CNN in JAX/Flax (model stages, training, evaluation)."""

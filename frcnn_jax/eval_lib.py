@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from frcnn_jax import compiler_options
 from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import train_lib
 from frcnn_jax import vis
@@ -39,7 +40,8 @@ def make_predict_fn(graphdef, mesh):
     return dict(out, image_id=image_id)
 
   return jax.jit(predict, in_shardings=(rep, rep, data, data, data),
-                 out_shardings=rep)
+                 out_shardings=rep,
+                 compiler_options=compiler_options.detector_options())
 
 
 def predict_dataset(predict_fn, params, rest, loader, mesh, *,

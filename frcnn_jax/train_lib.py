@@ -30,6 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from frcnn_jax import compiler_options
 from frcnn_jax import detector as detector_lib
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ def jit_train_step(train_step, mesh, state_shardings=None):
   return jax.jit(train_step,
                  in_shardings=(state_shardings or rep, batch_sharding(mesh)),
                  out_shardings=(state_shardings or rep, rep),
-                 donate_argnums=0)
+                 donate_argnums=0,
+                 compiler_options=compiler_options.detector_options())
 
 
 # -- checkpoints ---------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""Ours vs torchvision's FasterRCNN with the same C4 network: the verdict table.
+
+  python -m bench.compare [--models r101] [--height 600 --width 1000]
+                          [--batch 1] [--repeats 3] [--no-isolate]
+
+Needs torch and torchvision (`pip install -r requirements-torch.txt
+torchvision==0.29.1`, see bench/README.md). Two parts, measured in the same
+run on the same machine:
+
+1. The detector (bench/step.py does the measuring): our jitted train step and
+   inference against `torchvision.models.detection.FasterRCNN` built with the
+   same ResNet C4 network, anchors, RoI counts, RoIAlign and image size, both
+   with random weights (zero_init_residual on both sides). Columns: train
+   step s, inference images/s, peak memory (RSS growth of the process while
+   the step runs), compile s, and ours / torchvision.
+2. The detection ops at the detector's sizes: RPN NMS (12000 -> 2000 in
+   training, 6000 -> 300 in test), per-class NMS of the detections, RoIAlign
+   (128 RoIs forward + backward as in training, 300 forward as in test) on a
+   1024 x 38 x 63 feature map; ours vs torchvision.ops.
+
+Targets (issue 7): train step <= 1.0x torchvision's time, inference >= 1.4x
+its images/s, detection ops <= 0.5x its time; the last column says whether
+each is met. By default each detector measurement runs in a child process
+(`--isolate`), inference again in a process of its own: in one process the
+peak RSS of a later measurement hides in memory an earlier one freed.
+`--no-isolate` runs everything in this process (timings agree; the memory
+columns then understate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from bench import ops_nms
+from bench import ops_roi_align
+from bench import step
+
+TRAIN_TARGET = 1.0      # ours / torchvision train-step time, at most
+INFER_TARGET = 1.4      # ours / torchvision images/s, at least
+OPS_TARGET = 0.5        # ours / torchvision op time, at most
+
+
+def _verdict(ok: bool | None) -> str:
+  return "-" if ok is None else ("met" if ok else "NOT met")
+
+
+def detector_rows(args) -> list[dict]:
+  """One row per (model, framework) and a ratio row per model."""
+  step_args = argparse.Namespace(
+      models=args.models, height=args.height, width=args.width,
+      batch=args.batch, repeats=args.repeats, train=True, torch=True,
+      isolate=args.isolate, dtype="float32", profile=False)
+  rows = step.run(step_args)
+  if not args.isolate:
+    return rows
+  # Inference again in fresh processes that never ran a train step: its peak
+  # memory would otherwise hide in what the train step freed.
+  infer_rows = step.run(argparse.Namespace(**dict(vars(step_args),
+                                                  train=False)))
+  for r, i in zip(rows, infer_rows):
+    for k, v in i.items():
+      if k.startswith("infer_"):
+        r[k] = v
+  return rows
+
+
+def format_detector(rows: list[dict]) -> str:
+  cols = [("framework", "framework", "s"), ("model", "model", "s"),
+          ("train_step_s", "train step s", ".2f"),
+          ("infer_images_per_s", "infer img/s", ".3f"),
+          ("train_rss_mib", "train peak MiB", ".0f"),
+          ("infer_rss_mib", "infer peak MiB", ".0f"),
+          ("train_compile_s", "compile train s", ".1f"),
+          ("infer_compile_s", "compile infer s", ".1f"),
+          ("target", "target", "s")]
+  lines = ["| " + " | ".join(c[1] for c in cols) + " |",
+           "|" + "---|" * len(cols)]
+  for r in rows:
+    if r["framework"].startswith("ours /"):
+      train, infer = r.get("train_step_s"), r.get("infer_images_per_s")
+      r = dict(r, target=(
+          f"train <= {TRAIN_TARGET}x: "
+          f"{_verdict(None if train is None else train <= TRAIN_TARGET)}; "
+          f"infer >= {INFER_TARGET}x: "
+          f"{_verdict(None if infer is None else infer >= INFER_TARGET)}"))
+    cells = []
+    for key, _, fmt in cols:
+      v = r.get(key)
+      if r["framework"].startswith("ours /") and fmt != "s":
+        fmt = ".2f"  # Ratios, whatever the column's unit.
+      cells.append("" if v is None else
+                   (format(v, fmt) if fmt != "s" else str(v)))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def ops_rows(repeats: int) -> list[dict]:
+  """Detection ops at the detector's sizes: (op, ours ms, torchvision ms)."""
+  rows = []
+  nms_args = argparse.Namespace(repeats=repeats, seed=0, full=False)
+  for r in ops_nms.run(nms_args):
+    rows.append(dict(op=r["case"], ours_ms=r["ours_ms"],
+                     torchvision_ms=r["torchvision_ms"]))
+  for n, fwdbwd in ((128, True), (300, False)):
+    roi_args = ops_roi_align.parse_args(
+        [f"--rois={n}", "--sampling-ratios=0", f"--repeats={repeats}",
+         "--ref-rois=0"])
+    for r in ops_roi_align.run(roi_args):
+      if r["op"] != "roi_align":
+        continue
+      what = "fwd+bwd (train)" if fwdbwd else "fwd (test)"
+      key = "fwdbwd" if fwdbwd else "fwd"
+      rows.append(dict(op=f"roi_align sr=0 {n} RoIs {what}",
+                       ours_ms=r[f"ours_{key}_ms"],
+                       torchvision_ms=r[f"torchvision_{key}_ms"]))
+  for r in rows:
+    tv = r["torchvision_ms"]
+    r["ratio"] = None if not tv else r["ours_ms"] / tv
+  return rows
+
+
+def format_ops(rows: list[dict]) -> str:
+  lines = ["| op | ours ms | torchvision ms | ours / torchvision | "
+           f"target <= {OPS_TARGET}x |", "|---|---|---|---|---|"]
+  for r in rows:
+    ratio = r["ratio"]
+    lines.append(
+        f"| {r['op']} | {r['ours_ms']:.2f} | "
+        f"{'-' if r['torchvision_ms'] is None else format(r['torchvision_ms'], '.2f')}"
+        f" | {'-' if ratio is None else format(ratio, '.3f')} | "
+        f"{_verdict(None if ratio is None else ratio <= OPS_TARGET)} |")
+  return "\n".join(lines)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--models", default="r101", type=lambda s: s.split(","),
+                 help="comma-separated: r50, r101")
+  p.add_argument("--height", type=int, default=600)
+  p.add_argument("--width", type=int, default=1000)
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--ops-repeats", type=int, default=7)
+  p.add_argument("--isolate", action=argparse.BooleanOptionalAction,
+                 default=True)
+  p.add_argument("--ops", action=argparse.BooleanOptionalAction, default=True,
+                 help="also the detection-ops table")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if not step.torchvision_available():
+    sys.exit("bench.compare needs torch and torchvision in this environment: "
+             "see bench/README.md (pip install -r requirements-torch.txt "
+             "torchvision==0.29.1)")
+  bad = [m for m in args.models if m not in ("r50", "r101")]
+  if bad:
+    sys.exit(f"--models: unknown {bad}; choose from r50, r101")
+  det = detector_rows(args)
+  ops = ops_rows(args.ops_repeats) if args.ops else []
+  import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import compiler_options  # pylint: disable=import-outside-toplevel
+  print("$ " + shlex.join([sys.executable, "-m", "bench.compare"] +
+                          (sys.argv[1:] if argv is None else list(argv))))
+  print(f"# jax {jax.__version__} / torch {torch.__version__} on "
+        f"{jax.devices()[0].platform} ({os.cpu_count()} CPUs), "
+        f"{args.height}x{args.width}, batch {args.batch}; medians of "
+        f"{args.repeats} after a warm-up; detector compiler options "
+        f"{compiler_options.detector_options()}")
+  print("\n## Detector (Faster R-CNN C4, random weights)\n")
+  print(format_detector(det))
+  if ops:
+    print(f"\n## Detection ops (medians of {args.ops_repeats})\n")
+    print(format_ops(ops))
+
+
+if __name__ == "__main__":
+  main()
