@@ -3,8 +3,8 @@
   python -m bench.compare [--models r101] [--height 600 --width 1000]
                           [--batch 1] [--repeats 3] [--no-isolate]
 
-Needs torch and torchvision (`pip install -r requirements-torch.txt
-torchvision==0.29.1`, see bench/README.md). Two parts, measured in the same
+Needs torch, torchvision and psutil (`pip install torch==2.14.1
+torchvision==0.29.1 psutil`, see bench/README.md). Two parts, measured in the same
 run on the same machine:
 
 1. The detector (bench/step.py does the measuring): our jitted train step and
@@ -155,8 +155,8 @@ def main(argv=None):
   args = parse_args(argv)
   if not step.torchvision_available():
     sys.exit("bench.compare needs torch and torchvision in this environment: "
-             "see bench/README.md (pip install -r requirements-torch.txt "
-             "torchvision==0.29.1)")
+             "see bench/README.md (pip install torch==2.14.1 "
+             "torchvision==0.29.1 psutil)")
   bad = [m for m in args.models if m not in ("r50", "r101")]
   if bad:
     sys.exit(f"--models: unknown {bad}; choose from r50, r101")
