@@ -204,6 +204,35 @@ def _flat_batched(axis_size, batched, *xs):
   return out
 
 
+def _forward_core(fwd_jit):
+  """custom_vmap core of a forward op(features [A,H,W,C], rois [A,N,4]): a
+  vmapped axis is folded into the image axis (`_fold_vmap`)."""
+  @jax.custom_batching.custom_vmap
+  def core(features, rois):
+    return fwd_jit(features, rois)
+
+  @core.def_vmap
+  def _rule(axis_size, in_batched, features, rois):
+    f, r, unfold = _fold_vmap(axis_size, *in_batched, features, rois)
+    return unfold(core(f, r)), True
+  return core
+
+
+def _backward_core(bwd_jit):
+  """custom_vmap core of a backward bwd(*args) -> d [A,H,W,C] whose args all
+  lead with the image axis: a vmapped axis is merged into it
+  (`_flat_batched`) and split off the result."""
+  @jax.custom_batching.custom_vmap
+  def core(*args):
+    return bwd_jit(*args)
+
+  @core.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    d = core(*_flat_batched(axis_size, in_batched, *args))
+    return d.reshape((axis_size, -1) + d.shape[1:]), True
+  return core
+
+
 # --------------------------------------------------------------------------
 # RoIAlign
 # --------------------------------------------------------------------------
@@ -455,27 +484,9 @@ def _align_backward(rois, g, cfg):
 def _align_op(cfg):
   """custom_vjp(custom_vmap) RoIAlign for one static configuration:
   op(features [A,H,W,C], rois [A,N,4]) -> [A,N,oh,ow,C]."""
-  fwd_jit = jax.jit(functools.partial(_align_forward, cfg=cfg))
-  bwd_jit = jax.jit(functools.partial(_align_backward, cfg=cfg))
-
-  @jax.custom_batching.custom_vmap
-  def fwd_core(features, rois):
-    return fwd_jit(features, rois)
-
-  @fwd_core.def_vmap
-  def _fwd_rule(axis_size, in_batched, features, rois):
-    f, r, unfold = _fold_vmap(axis_size, *in_batched, features, rois)
-    return unfold(fwd_core(f, r)), True
-
-  @jax.custom_batching.custom_vmap
-  def bwd_core(rois, g):
-    return bwd_jit(rois, g)
-
-  @bwd_core.def_vmap
-  def _bwd_rule(axis_size, in_batched, rois, g):
-    r, gg = _flat_batched(axis_size, in_batched, rois, g)
-    d = bwd_core(r, gg)
-    return d.reshape((axis_size, -1) + d.shape[1:]), True
+  fwd_core = _forward_core(jax.jit(functools.partial(_align_forward, cfg=cfg)))
+  bwd_core = _backward_core(
+      jax.jit(functools.partial(_align_backward, cfg=cfg)))
 
   @jax.custom_vjp
   def op(features, rois):
@@ -772,26 +783,9 @@ def _pool_backward(features, rois, out, g, cfg):
 def _pool_op(cfg):
   """custom_vjp(custom_vmap) RoIPool for one static configuration:
   op(features [A,H,W,C], rois [A,N,4]) -> [A,N,oh,ow,C]."""
-  fwd_jit = jax.jit(functools.partial(_pool_forward, cfg=cfg))
-  bwd_jit = jax.jit(functools.partial(_pool_backward, cfg=cfg))
-
-  @jax.custom_batching.custom_vmap
-  def fwd_core(features, rois):
-    return fwd_jit(features, rois)
-
-  @fwd_core.def_vmap
-  def _fwd_rule(axis_size, in_batched, features, rois):
-    f, r, unfold = _fold_vmap(axis_size, *in_batched, features, rois)
-    return unfold(fwd_core(f, r)), True
-
-  @jax.custom_batching.custom_vmap
-  def bwd_core(features, rois, out, g):
-    return bwd_jit(features, rois, out, g)
-
-  @bwd_core.def_vmap
-  def _bwd_rule(axis_size, in_batched, features, rois, out, g):
-    d = bwd_core(*_flat_batched(axis_size, in_batched, features, rois, out, g))
-    return d.reshape((axis_size, -1) + d.shape[1:]), True
+  fwd_core = _forward_core(jax.jit(functools.partial(_pool_forward, cfg=cfg)))
+  bwd_core = _backward_core(
+      jax.jit(functools.partial(_pool_backward, cfg=cfg)))
 
   @jax.custom_vjp
   def op(features, rois):
