@@ -30,9 +30,7 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.setup(FLAGS)
+  cli.setup(FLAGS, argv)
   # pylint: disable=g-import-not-at-top
   from frcnn_jax import demo_lib
   # pylint: enable=g-import-not-at-top

@@ -24,9 +24,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.setup(FLAGS)
+  cli.setup(FLAGS, argv)
   # pylint: disable=g-import-not-at-top
   import os
   import jax

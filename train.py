@@ -19,9 +19,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.setup(FLAGS)
+  cli.setup(FLAGS, argv)
   # pylint: disable-next=g-import-not-at-top
   from frcnn_jax import train_lib
   config = cli.load_config(FLAGS)

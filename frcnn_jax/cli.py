@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -49,8 +50,16 @@ def define_distributed_flags() -> None:
                     "Python logging level.")
 
 
-def setup(f) -> None:
-  """Logging, fake CPU devices, and jax.distributed, before jax is used."""
+def setup(f, argv) -> None:
+  """Checks argv; logging, fake CPU devices, jax.distributed, before jax is used.
+
+  Args:
+    f: the parsed absl FLAGS.
+    argv: what absl left of the command line (the program name only; anything
+      else is a usage error).
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.basicConfig(
       level=getattr(logging, f.log_level.upper()), stream=sys.stderr,
       format="%(asctime)s %(levelname)s %(name)s: %(message)s")
