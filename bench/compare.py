@@ -21,10 +21,10 @@ run on the same machine:
 Targets (issue 7): train step <= 1.0x torchvision's time, inference >= 1.4x
 its images/s, detection ops <= 0.5x its time; the last column says whether
 each is met. By default each detector measurement runs in a child process
-(`--isolate`), inference again in a process of its own: in one process the
-peak RSS of a later measurement hides in memory an earlier one freed.
-`--no-isolate` runs everything in this process (timings agree; the memory
-columns then understate).
+(`--isolate`), training and inference each in a process of their own: in one
+process the peak RSS of a later measurement hides in memory an earlier one
+freed. `--no-isolate` runs everything in this process (timings agree; the
+memory columns then understate).
 """
 
 from __future__ import annotations
@@ -51,33 +51,33 @@ def detector_rows(args) -> list[dict]:
   """One row per (model, framework) and a ratio row per model."""
   step_args = argparse.Namespace(
       models=args.models, height=args.height, width=args.width,
-      batch=args.batch, repeats=args.repeats, train=True, torch=True,
-      isolate=args.isolate, dtype="float32", profile=False)
-  rows = step.run(step_args)
+      batch=args.batch, repeats=args.repeats, train=True, infer=True,
+      torch=True, isolate=args.isolate, dtype="float32", profile=False)
   if not args.isolate:
-    return rows
-  # Inference again in fresh processes that never ran a train step: its peak
-  # memory would otherwise hide in what the train step freed.
+    return step.run(step_args)
+  # Inference in fresh processes that never ran a train step: its peak memory
+  # would otherwise hide in what the train step freed.
+  rows = step.run(argparse.Namespace(**dict(vars(step_args), infer=False)))
   infer_rows = step.run(argparse.Namespace(**dict(vars(step_args),
                                                   train=False)))
   for r, i in zip(rows, infer_rows):
-    for k, v in i.items():
-      if k.startswith("infer_"):
-        r[k] = v
+    r.update((k, v) for k, v in i.items() if k.startswith("infer_"))
   return rows
 
 
+COLUMNS = [("framework", "framework", "s"), ("model", "model", "s"),
+           ("train_step_s", "train step s", ".2f"),
+           ("infer_images_per_s", "infer img/s", ".3f"),
+           ("train_rss_mib", "train peak MiB", ".0f"),
+           ("infer_rss_mib", "infer peak MiB", ".0f"),
+           ("train_compile_s", "compile train s", ".1f"),
+           ("infer_compile_s", "compile infer s", ".1f"),
+           ("target", "target", "s")]
+
+
 def format_detector(rows: list[dict]) -> str:
-  cols = [("framework", "framework", "s"), ("model", "model", "s"),
-          ("train_step_s", "train step s", ".2f"),
-          ("infer_images_per_s", "infer img/s", ".3f"),
-          ("train_rss_mib", "train peak MiB", ".0f"),
-          ("infer_rss_mib", "infer peak MiB", ".0f"),
-          ("train_compile_s", "compile train s", ".1f"),
-          ("infer_compile_s", "compile infer s", ".1f"),
-          ("target", "target", "s")]
-  lines = ["| " + " | ".join(c[1] for c in cols) + " |",
-           "|" + "---|" * len(cols)]
+  """`step.format_table` with the verdict on each ratio row."""
+  marked = []
   for r in rows:
     if r["framework"].startswith("ours /"):
       train, infer = r.get("train_step_s"), r.get("infer_images_per_s")
@@ -86,15 +86,8 @@ def format_detector(rows: list[dict]) -> str:
           f"{_verdict(None if train is None else train <= TRAIN_TARGET)}; "
           f"infer >= {INFER_TARGET}x: "
           f"{_verdict(None if infer is None else infer >= INFER_TARGET)}"))
-    cells = []
-    for key, _, fmt in cols:
-      v = r.get(key)
-      if r["framework"].startswith("ours /") and fmt != "s":
-        fmt = ".2f"  # Ratios, whatever the column's unit.
-      cells.append("" if v is None else
-                   (format(v, fmt) if fmt != "s" else str(v)))
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    marked.append(r)
+  return step.format_table(marked, COLUMNS)
 
 
 def ops_rows(repeats: int) -> list[dict]:

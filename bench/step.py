@@ -100,18 +100,32 @@ def zero_init_residual(backbone) -> None:
   ``zero_init_residual``), so random-weight activations stay bounded and
   both frameworks do the same, finite work."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import backbones  # pylint: disable=import-outside-toplevel
   for _, m in nnx.iter_modules(backbone):
-    for name in ("bn3", "bn2"):
-      last = getattr(m, name, None)
-      if last is not None and hasattr(m, "conv1") and (
-          name == "bn3" or not hasattr(m, "bn3")):
-        if hasattr(last, "scale"):
-          last.scale[...] = 0 * last.scale[...]
+    if isinstance(m, backbones.Bottleneck):
+      m.bn3.scale[...] = 0 * m.bn3.scale[...]
+    elif isinstance(m, backbones.BasicBlock):
+      m.bn2.scale[...] = 0 * m.bn2.scale[...]
+
+
+def _xla_gflop(compiled) -> float:
+  """XLA's cost-analysis FLOP count of a compiled program, in GFLOP."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) / 1e9
+
+
+def _torch_gflop(fn) -> float:
+  """torch's FlopCounterMode count of one ``fn()`` call, in GFLOP."""
+  from torch.utils import flop_counter  # pylint: disable=import-outside-toplevel
+  with flop_counter.FlopCounterMode(display=False) as counter:
+    fn()
+  return counter.get_total_flops() / 1e9
 
 
 def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
-                 do_train: bool = True, dtype: str = "float32",
-                 profile: bool = False) -> dict:
+                 do_train: bool = True, do_infer: bool = True,
+                 dtype: str = "float32", profile: bool = False) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from frcnn_jax import detector  # pylint: disable=import-outside-toplevel
   from frcnn_jax import eval_lib  # pylint: disable=import-outside-toplevel
@@ -145,9 +159,7 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
     t = time.perf_counter()
     compiled = step.lower(state, batch_d).compile()
     out["train_compile_s"] = time.perf_counter() - t
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    out["train_gflop"] = float(cost.get("flops", float("nan"))) / 1e9
+    out["train_gflop"] = _xla_gflop(compiled)
     mem = compiled.memory_analysis()
     if mem is not None:
       out["train_xla_mib"] = (mem.argument_size_in_bytes +
@@ -165,33 +177,32 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
     if profile:
       out["train_profile"] = timing.profile_top(run_step)
     state = holder["state"]
-  predict = eval_lib.make_predict_fn(graphdef, mesh)
-  ids = train_lib.global_batch({"i": np.arange(batch, dtype=np.int32)},
-                               mesh)["i"]
-  t = time.perf_counter()
-  compiled_p = predict.lower(state.params, state.rest, batch_d["image"],
-                             batch_d["im_info"], ids).compile()
-  out["infer_compile_s"] = time.perf_counter() - t
-  cost = compiled_p.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  out["infer_gflop"] = float(cost.get("flops", float("nan"))) / 1e9
+  if do_infer:
+    predict = eval_lib.make_predict_fn(graphdef, mesh)
+    ids = train_lib.global_batch({"i": np.arange(batch, dtype=np.int32)},
+                                 mesh)["i"]
+    t = time.perf_counter()
+    compiled_p = predict.lower(state.params, state.rest, batch_d["image"],
+                               batch_d["im_info"], ids).compile()
+    out["infer_compile_s"] = time.perf_counter() - t
+    out["infer_gflop"] = _xla_gflop(compiled_p)
 
-  def run_predict():
-    jax.block_until_ready(compiled_p(state.params, state.rest,
-                                     batch_d["image"], batch_d["im_info"],
-                                     ids))
+    def run_predict():
+      jax.block_until_ready(compiled_p(state.params, state.rest,
+                                       batch_d["image"], batch_d["im_info"],
+                                       ids))
 
-  with PeakRSS() as rss:
-    s = timing.median_s(run_predict, repeats)
-  out["infer_rss_mib"] = rss.mib
-  out["infer_images_per_s"] = batch / s
-  out["infer_gflops"] = out["infer_gflop"] * out["infer_images_per_s"] / batch
+    with PeakRSS() as rss:
+      s = timing.median_s(run_predict, repeats)
+    out["infer_rss_mib"] = rss.mib
+    out["infer_images_per_s"] = batch / s
+    out["infer_gflops"] = out["infer_gflop"] * out["infer_images_per_s"] / batch
+    if profile:
+      out["infer_profile"] = timing.profile_top(run_predict)
   out["matmul_peak_gflops"] = timing.matmul_peak_gflops(dtype=dtype)
   for k in ("train", "infer"):
     if f"{k}_gflops" in out:
       out[f"{k}_mfu"] = out[f"{k}_gflops"] / out["matmul_peak_gflops"]
-  if profile:
-    out["infer_profile"] = timing.profile_top(run_predict)
   return out
 
 
@@ -243,7 +254,8 @@ def build_torchvision(model: str, num_classes: int = 21):
 
 
 def measure_torchvision(model: str, h: int, w: int, batch: int,
-                        repeats: int, do_train: bool = True) -> dict:
+                        repeats: int, do_train: bool = True,
+                        do_infer: bool = True) -> dict:
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
@@ -273,11 +285,10 @@ def measure_torchvision(model: str, h: int, w: int, batch: int,
     with PeakRSS() as rss:
       out["train_step_s"] = timing.median_s(run_step, repeats)
     out["train_rss_mib"] = rss.mib
-    from torch.utils import flop_counter  # pylint: disable=import-outside-toplevel
-    with flop_counter.FlopCounterMode(display=False) as counter:
-      run_step()
-    out["train_gflop"] = counter.get_total_flops() / 1e9
+    out["train_gflop"] = _torch_gflop(run_step)
     out["train_gflops"] = out["train_gflop"] / out["train_step_s"]
+  if not do_infer:
+    return out
   net.eval()
 
   def run_predict():
@@ -288,10 +299,7 @@ def measure_torchvision(model: str, h: int, w: int, batch: int,
     s = timing.median_s(run_predict, repeats)
   out["infer_rss_mib"] = rss.mib
   out["infer_images_per_s"] = batch / s
-  from torch.utils import flop_counter  # pylint: disable=import-outside-toplevel
-  with flop_counter.FlopCounterMode(display=False) as counter:
-    run_predict()
-  out["infer_gflop"] = counter.get_total_flops() / 1e9
+  out["infer_gflop"] = _torch_gflop(run_predict)
   out["infer_gflops"] = out["infer_gflop"] * out["infer_images_per_s"] / batch
   return out
 
@@ -320,7 +328,8 @@ def run(args) -> list[dict]:
   rows = []
   for model in args.models:
     kw = dict(model=model, h=args.height, w=args.width, batch=args.batch,
-              repeats=args.repeats, do_train=args.train)
+              repeats=args.repeats, do_train=args.train,
+              do_infer=args.infer)
     kw_ours = dict(kw, dtype=args.dtype, profile=args.profile)
     ours = (_in_subprocess("measure_ours", kw_ours) if args.isolate
             else measure_ours(**kw_ours))
@@ -360,13 +369,14 @@ COLUMNS = [
 ]
 
 
-def format_table(rows) -> str:
-  lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |",
-           "|" + "---|" * len(COLUMNS)]
+def format_table(rows, columns=COLUMNS) -> str:
+  """Markdown table of `run` rows; `columns` are (key, title, format)."""
+  lines = ["| " + " | ".join(c[1] for c in columns) + " |",
+           "|" + "---|" * len(columns)]
   for r in rows:
     cells = []
     is_ratio = r["framework"].startswith("ours /")
-    for key, _, fmt in COLUMNS:
+    for key, _, fmt in columns:
       v = r.get(key)
       if is_ratio and fmt != "s":
         fmt = ".2f"  # Ratios, whatever the column's unit.
@@ -387,6 +397,8 @@ def parse_args(argv=None):
   p.add_argument("--dtype", default="float32", choices=["float32",
                                                         "bfloat16"])
   p.add_argument("--train", action=argparse.BooleanOptionalAction,
+                 default=True)
+  p.add_argument("--infer", action=argparse.BooleanOptionalAction,
                  default=True)
   p.add_argument("--torch", action=argparse.BooleanOptionalAction,
                  default=None, help="default: when torchvision imports")
