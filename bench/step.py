@@ -2,6 +2,7 @@
 
   python -m bench.step [--models tiny,r50,r101] [--height 600 --width 1000]
                        [--batch 1] [--repeats 3] [--no-torch] [--profile]
+                       [--no-train | --no-infer]
 
 For each model: the compile time of the jitted train step and of inference,
 the median train-step time, inference images/s, XLA's FLOP count (cost
