@@ -22,9 +22,16 @@ def main(argv):
   cli.setup(FLAGS, argv)
   # pylint: disable-next=g-import-not-at-top
   from frcnn_jax import train_lib
+  from frcnn_jax import run_lock
   config = cli.load_config(FLAGS)
   workdir = cli.workdir(FLAGS)
-  last = train_lib.train(config, workdir)
+  try:
+    last = train_lib.train(config, workdir)
+  except run_lock.WorkdirLockedError as e:
+    cli.exit_with_message(e, code=2)
+  except (train_lib.NonFiniteLossError,
+          train_lib.CheckpointMismatchError) as e:
+    cli.exit_with_message(e, code=1)
   cli.print_summary(last, workdir)
 
 

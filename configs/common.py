@@ -105,6 +105,10 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   c.train.log_every = 20
   c.train.eval_every = 0           # steps; 0 = no periodic evaluation
   c.train.eval_max_images = 500    # periodic evaluation uses the first N
+  # On a non-finite loss or parameter: 0 = stop (naming the last good
+  # checkpoint); N > 0 = roll back to the last good checkpoint, skip the
+  # batch that diverged and go on, at most N times per run.
+  c.train.nonfinite_rollbacks = 0
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"         # 'sgd' | 'adam' (the seed's --o)

@@ -104,6 +104,12 @@ def workdir(f) -> str:
   return os.path.join("runs", name)
 
 
+def exit_with_message(error: BaseException, code: int) -> None:
+  """Ends the program with ``error``'s message (no traceback) and ``code``."""
+  print(f"error: {error}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
 def print_summary(last: dict, workdir_path: str) -> None:
   # pylint: disable-next=g-import-not-at-top
   import jax

@@ -170,6 +170,9 @@ def validate(config: ml_collections.ConfigDict, *,
   _check(e, tr.num_steps > 0 or tr.num_epochs > 0, "train.num_steps",
          "train.num_steps or train.num_epochs must be > 0", tr.num_steps)
   pos("train.log_every", tr.log_every)
+  _check(e, tr.nonfinite_rollbacks >= 0, "train.nonfinite_rollbacks",
+         "must be >= 0 (0 = stop on a non-finite loss)",
+         tr.nonfinite_rollbacks)
   o = config.optimizer
   _check(e, o.name in ("sgd", "adam"), "optimizer.name",
          "must be 'sgd' or 'adam'", o.name)

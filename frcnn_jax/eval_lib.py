@@ -111,6 +111,12 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
       preds["valid"], source.cat_ids)
   out: dict[str, Any] = {"num_images": int(len(preds["image_id"])),
                          "num_detections": len(results)}
+  if not source.has_annotations:
+    out["no_ground_truth"] = (
+        f"{source.name} is an image list without annotations (like COCO "
+        f"test-dev): no AP computed; submit detections.json to the "
+        f"dataset's evaluation server")
+    return out, results
   if metric in ("coco", "both"):
     out["coco"] = metrics_lib.coco_evaluate(
         source.coco_gt(), results,
@@ -127,7 +133,7 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
 
 
 def format_metrics(m: dict[str, Any]) -> str:
-  parts = []
+  parts = [m["no_ground_truth"]] if "no_ground_truth" in m else []
   if "coco" in m:
     parts.append(metrics_lib.format_coco_table(m["coco"]))
   if "voc07" in m:

@@ -17,8 +17,10 @@ crashed run logged after its last checkpoint are not duplicated when the
 resumed run logs them again; new lines are appended. For TensorBoard the
 writer opens a new event file with `purge_step=S + 1`: TensorBoard hides
 events with step > S from the earlier files (the event files themselves are
-append-only and are not edited). A fresh run passes `resume_step=None` and
-appends to whatever is there.
+append-only and are not edited). A run that starts from scratch passes
+`resume_step=0`, so the lines of an earlier attempt killed before its first
+checkpoint are dropped too; `resume_step=None` appends to whatever is there.
+`rewind(S)` does the same in the middle of a run (a rollback to step S).
 """
 from __future__ import annotations
 
@@ -155,17 +157,37 @@ class MetricWriter:
         with open(self.jsonl_path, "a", encoding="utf-8") as f:
           f.write("\n")
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    self._flush_secs = flush_secs
     if tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(
-          logdir=self.tensorboard_dir,
-          purge_step=None if resume_step is None else int(resume_step) + 1,
-          flush_secs=flush_secs,
-          # tensorboardX names event files by the second and opens them with
-          # "wb": a restart within the same second would overwrite the
-          # previous file. A nanosecond suffix keeps names unique and in
-          # chronological (lexicographic) order.
-          filename_suffix=f".{time.time_ns()}")
+      self._tb = self._open_tensorboard(
+          None if resume_step is None else int(resume_step) + 1)
+
+  def _open_tensorboard(self, purge_step: int | None):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter(
+        logdir=self.tensorboard_dir, purge_step=purge_step,
+        flush_secs=self._flush_secs,
+        # tensorboardX names event files by the second and opens them with
+        # "wb": a restart within the same second would overwrite the
+        # previous file. A nanosecond suffix keeps names unique and in
+        # chronological (lexicographic) order.
+        filename_suffix=f".{time.time_ns()}")
+
+  def rewind(self, step: int) -> None:
+    """Forgets everything logged after ``step`` (a run rolled back to it).
+
+    metrics.jsonl is truncated to the lines with step <= ``step`` and a new
+    TensorBoard event file purges the later events, as on a resume.
+    """
+    if not self.active:
+      return
+    self._check_open()
+    self._jsonl.close()
+    truncate_jsonl(self.jsonl_path, int(step))
+    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = self._open_tensorboard(int(step) + 1)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Logs scalars at `step`: one jsonl line and one TensorBoard point each.

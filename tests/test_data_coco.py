@@ -315,3 +315,85 @@ def test_joined_splits(tmp_path):
   write_coco(tmp_path, 'c', [img(1)], [])
   with pytest.raises(S.DataError, match='image_id 1 is in both'):
     coco.build_coco_source(_cfg(tmp_path), 'a+c')
+
+
+# --- valid files other tools accept (exported datasets, COCO test-dev) -------
+
+
+def _evaluate_perfect(src):
+  """COCOeval of detections equal to the training boxes (AP must be 1)."""
+  import contextlib
+  from pycocotools.cocoeval import COCOeval
+  gt = src.coco_gt()
+  dets = [{'image_id': r.image_id, 'category_id': src.cat_id(int(c)),
+           'bbox': [float(b[0]), float(b[1]), float(b[2] - b[0] + 1),
+                    float(b[3] - b[1] + 1)], 'score': 0.9}
+          for r in src.records for b, c in zip(r.boxes, r.classes)]
+  e = COCOeval(gt, gt.loadRes(dets), 'bbox')
+  with contextlib.redirect_stdout(io.StringIO()):
+    e.evaluate(), e.accumulate(), e.summarize()
+  return e.stats
+
+
+def test_missing_area_and_iscrowd_are_filled_and_counted(tmp_path, caplog):
+  anns = [{'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': [10, 5, 20, 12]},
+          {'id': 2, 'image_id': 1, 'category_id': 2, 'bbox': [30, 2, 11, 30]},
+          {'id': 3, 'image_id': 2, 'category_id': 1, 'bbox': [5, 5, 40, 30],
+           'area': 7.0, 'iscrowd': 0}]
+  write_coco(tmp_path, 's', [img(1), img(2)], anns)
+  with caplog.at_level('INFO'):
+    src = read(tmp_path)
+  assert src.stats['annotation_area_from_box'] == 2
+  assert src.stats['annotation_iscrowd_default'] == 2
+  assert sum('no field "area"' in m for m in caplog.messages) == 1  # once
+  gt = src.coco_gt().dataset['annotations']
+  assert [a['area'] for a in gt] == [240.0, 330.0, 7.0]  # given area kept
+  assert [a['iscrowd'] for a in gt] == [0, 0, 0]
+  assert _evaluate_perfect(src)[0] == pytest.approx(1.0)  # no KeyError
+
+
+def test_duplicate_and_missing_annotation_ids_are_renumbered(tmp_path,
+                                                             caplog):
+  anns = [ann(7, 1, [10, 5, 20, 12]), ann(7, 1, [30, 2, 11, 30], cat=2),
+          ann(7, 2, [5, 5, 40, 30]), ann(9, 2, [1, 1, 9, 9])]
+  del anns[3]['id']
+  write_coco(tmp_path, 's', [img(1), img(2)], anns)
+  with caplog.at_level('WARNING'):
+    src = read(tmp_path)
+  assert src.stats['annotation_id_duplicate'] == 2
+  assert src.stats['annotation_id_missing'] == 1
+  assert any('repeat an id (first: [7])' in m for m in caplog.messages)
+  gt = src.coco_gt()
+  assert [a['id'] for a in gt.dataset['annotations']] == [1, 2, 3, 4]
+  # COCOeval matches by id: with the ids repeated, a perfect detector would
+  # not score 1.
+  assert _evaluate_perfect(src)[0] == pytest.approx(1.0)
+  assert sum(len(r.boxes) for r in src.records) == 4  # training unaffected
+
+
+def test_json_without_annotations_is_an_image_list(tmp_path, caplog):
+  import json
+  path = write_coco(tmp_path, 's', [img(1), img(2)], [])
+  d = json.load(open(path))
+  del d['annotations']                      # as image_info_test-dev2017.json
+  json.dump(d, open(path, 'w'))
+  with caplog.at_level('WARNING'):
+    src = read(tmp_path)
+  assert not src.has_annotations and len(src.records) == 2
+  assert any('image list' in m for m in caplog.messages)
+  with pytest.raises(S.DataError, match='no "annotations" field.*image list'):
+    loader.TrainLoader(_cfg(tmp_path), seed=0, global_batch_size=1)
+  # Evaluation: detections, no AP, and it says so.
+  from frcnn_jax import eval_lib
+  preds = {'image_id': np.array([1, 2]),
+           'boxes': np.array([[[1, 1, 9, 9]], [[2, 2, 8, 8]]], np.float32),
+           'scores': np.array([[0.9], [0.8]], np.float32),
+           'classes': np.array([[1], [2]]), 'valid': np.ones((2, 1), bool)}
+  m, results = eval_lib.compute_metrics(src, preds, metric='both')
+  assert len(results) == 2 and 'coco' not in m and 'voc07' not in m
+  assert 'no AP computed' in m['no_ground_truth']
+  assert 'no AP computed' in eval_lib.format_metrics(m)
+  assert eval_lib.headline(m) == {}
+  # An empty annotation list is a dataset without objects, not an image list.
+  write_coco(tmp_path, 'e', [img(1)], [])
+  assert read(tmp_path, 'e').has_annotations

@@ -136,3 +136,28 @@ def test_images_text_and_close(tmp_path):
   assert "vis/0" in acc.Tags()["images"]
   img = acc.Images("vis/0")[0]
   assert (img.step, img.width, img.height) == (3, 10, 8)
+
+
+def test_rewind_mid_run_and_restart_from_scratch(tmp_path):
+  # A run logs 1..8, rolls back to step 4 and logs 5..10 again (other values).
+  with mw.MetricWriter(tmp_path, process_index=0, resume_step=0) as w:
+    for s in range(1, 9):
+      w.write_scalars(s, {"loss_total": _loss(s)})
+    w.rewind(4)
+    for s in range(5, 11):
+      w.write_scalars(s, {"loss_total": 3.0 * _loss(s)})
+  recs = _jsonl(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in recs] == list(range(1, 11))
+  pts, _ = _scalars(str(tmp_path / "tensorboard"), "loss_total")
+  assert [p[0] for p in pts] == list(range(1, 11))
+  for step, value in pts:
+    assert value == pytest.approx(_loss(step) * (1.0 if step <= 4 else 3.0),
+                                  rel=1e-6)
+  # Killed before its first checkpoint, the run starts over (resume_step=0):
+  # the earlier attempt's steps are not kept twice.
+  _run(tmp_path, range(1, 4), resume_step=0, scale=5.0)
+  recs = _jsonl(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in recs] == [1, 2, 3]
+  pts, _ = _scalars(str(tmp_path / "tensorboard"), "loss_total")
+  assert [p[0] for p in pts] == [1, 2, 3]
+  assert pts[0][1] == pytest.approx(5.0)

@@ -133,55 +133,204 @@ def test_demo_writes_pngs_and_json(reference, data_root, tmp_path):
   assert {"box", "score", "class", "class_id"} <= set(d)
 
 
-def test_resume_after_sigkill_is_exact(reference, data_root, tmp_path):
-  """Kill -9 after the step-50 checkpoint, restart: the same final weights."""
+def _jsonl_steps(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l)["step"] for l in f]
+
+
+def _tensorboard_steps(workdir, tag="loss_total"):
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(
+      os.path.join(workdir, "tensorboard"), size_guidance={"scalars": 0})
+  acc.Reload()
+  return [e.step for e in acc.Scalars(tag)]
+
+
+def _checkpoint_steps(workdir):
+  return sorted(int(s) for s in os.listdir(os.path.join(workdir,
+                                                        "checkpoints"))
+                if s.isdigit())
+
+
+@pytest.mark.parametrize("when", ["before_first_checkpoint",
+                                  "after_first_checkpoint"])
+def test_kill9_then_restart_is_exact_and_logs_each_step_once(
+    reference, data_root, tmp_path, when):
+  """SIGKILL at a random moment, restart: the same weights, each step once.
+
+  Before the first checkpoint (50) the restart starts over and must forget
+  the steps the killed attempt logged; after it, it resumes from the
+  checkpoint and must not log steps 60.. twice.
+  """
+  import random
+  delay = random.Random(f"{when}-{time.time_ns()}").uniform(0.0, 0.3)
+  print(f"kill delay {delay:.3f} s after the trigger")
   workdir = str(tmp_path / "killed")
   args = [sys.executable, "train.py"] + COMMON + [
       f"--workdir={workdir}", f"--config.data.root={data_root}"]
   proc = subprocess.Popen(args, cwd=REPO, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  metrics = os.path.join(workdir, "metrics.jsonl")
   ckpt50 = os.path.join(workdir, "checkpoints", "50")
+
+  def triggered():
+    if when == "after_first_checkpoint":
+      return os.path.isdir(ckpt50)
+    return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
   deadline = time.time() + 400
-  while not os.path.isdir(ckpt50) and time.time() < deadline:
+  while not triggered() and time.time() < deadline:
     if proc.poll() is not None:
       raise AssertionError(proc.stderr.read().decode()[-3000:])
-    time.sleep(0.05)
+    time.sleep(0.01)
+  time.sleep(delay)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
-  done = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  assert "200" not in done, "killed too late to test resuming"
-  run("train.py", COMMON + [f"--workdir={workdir}",
-                            f"--config.data.root={data_root}"])
+  done = _checkpoint_steps(workdir)
+  assert STEPS not in done, "killed too late to test resuming"
+  if when == "before_first_checkpoint" and done:
+    pytest.skip(f"the random kill came after checkpoint {done}")
+  proc = run("train.py", COMMON + [f"--workdir={workdir}",
+                                   f"--config.data.root={data_root}"])
+  assert "took over the lock" in proc.stderr   # the killed run's lock
   step_a, a = final_params(reference)
   step_b, b = final_params(workdir)
   assert step_a == step_b == STEPS
   # Bitwise: the same programs on the same inputs, with the RNG folded from
   # the step and the data position restored from the checkpoint.
   assert_same_params(a, b)
+  assert _jsonl_steps(workdir) == list(range(10, STEPS + 1, 10))
+  assert _tensorboard_steps(workdir) == list(range(10, STEPS + 1, 10))
 
 
-def test_corrupt_latest_checkpoint_falls_back(reference, data_root, tmp_path):
+def _copy_run(reference, tmp_path, name):
   import shutil
-  workdir = str(tmp_path / "corrupt")
+  workdir = str(tmp_path / name)
   shutil.copytree(reference, workdir)
+  return workdir
+
+
+def test_unreadable_checkpoint_is_moved_aside_and_saved_again(
+    reference, data_root, tmp_path):
+  workdir = _copy_run(reference, tmp_path, "corrupt")
   model_dir = os.path.join(workdir, "checkpoints", str(STEPS), "model")
   for root, _, files in os.walk(model_dir):
     for f in files:
       if not f.endswith(".json") and "METADATA" not in f:
         with open(os.path.join(root, f), "r+b") as fh:
           fh.truncate(max(os.path.getsize(os.path.join(root, f)) // 3, 1))
+  # A temporary folder left by a write that was killed.
+  leftover = os.path.join(workdir, "checkpoints",
+                          "210.orbax-checkpoint-tmp-1733300000")
+  os.makedirs(os.path.join(leftover, "model"))
   proc = run("train.py", COMMON + [f"--workdir={workdir}",
                                    f"--config.data.root={data_root}",
                                    f"--config.train.num_steps={STEPS + 20}"])
-  assert "cannot be restored" in proc.stderr
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  steps = [r["step"] for r in rows]
-  # Resumed from step 150: steps 160..220 logged once each (the jsonl was
-  # truncated to the resumed step).
-  assert steps == sorted(set(steps)) and steps[-1] == STEPS + 20
-  assert STEPS + 20 in [int(s) for s in os.listdir(
-      os.path.join(workdir, "checkpoints")) if s.isdigit()]
+  assert f"checkpoint step {STEPS} moved aside" in proc.stderr
+  aside = os.path.join(workdir, "checkpoints.unreadable")
+  (moved,) = os.listdir(aside)
+  assert moved.startswith(f"{STEPS}-")
+  why = open(os.path.join(aside, moved, "WHY.txt")).read()
+  assert "unreadable" in why and f"checkpoints/{STEPS}" in why
+  assert os.path.isdir(os.path.join(aside, moved, "model"))  # nothing deleted
+  # Resumed from 150: step 200 is saved again normally (the seed of this
+  # test: StepAlreadyExistsError), then 220; each metric step once.
+  assert _checkpoint_steps(workdir) == [150, STEPS, STEPS + 20]
+  assert not os.path.exists(leftover)
+  assert _jsonl_steps(workdir) == list(range(10, STEPS + 21, 10))
+  assert _tensorboard_steps(workdir) == list(range(10, STEPS + 21, 10))
+
+
+def test_checkpoint_of_another_config_is_refused_not_moved(
+    reference, data_root, tmp_path):
+  workdir = _copy_run(reference, tmp_path, "other_config")
+  proc = run("train.py", COMMON + [f"--workdir={workdir}",
+                                   f"--config.data.root={data_root}",
+                                   "--config.rpn.conv_channels=48"],
+             check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "other shapes" in proc.stderr and "Traceback" not in proc.stderr
+  assert "(32,) in the checkpoint, (48,) now" in proc.stderr
+  assert _checkpoint_steps(workdir) == [100, 150, STEPS]
+  assert not os.path.exists(os.path.join(workdir, "checkpoints.unreadable"))
+
+
+def test_two_runs_on_one_workdir(data_root, tmp_path):
+  workdir = str(tmp_path / "two_writers")
+  args = [sys.executable, "train.py"] + COMMON + [
+      f"--workdir={workdir}", f"--config.data.root={data_root}",
+      "--config.train.num_steps=40"]
+  procs = [subprocess.Popen(args, cwd=REPO, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for _ in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  codes = sorted(p.returncode for p in procs)
+  assert codes == [0, 2], [o[1][-2000:] for o in outs]
+  winner, loser = (0, 1) if procs[0].returncode == 0 else (1, 0)
+  err = outs[loser][1]
+  assert f"in use by another training run: host" in err
+  assert f"pid {procs[winner].pid}" in err and "Traceback" not in err
+  assert _jsonl_steps(workdir) == [10, 20, 30, 40]
+
+
+def test_divergence_keeps_the_last_good_checkpoint(reference, data_root,
+                                                   tmp_path):
+  """A huge lr makes step 201 non-finite: nothing non-finite is saved."""
+  workdir = _copy_run(reference, tmp_path, "diverged")
+  bad = COMMON + [f"--workdir={workdir}", f"--config.data.root={data_root}",
+                  f"--config.train.num_steps={STEPS + 20}",
+                  "--config.checkpoint.every_steps=2",
+                  "--config.optimizer.lr=1e30",
+                  "--config.train.nonfinite_rollbacks=2"]
+  proc = run("train.py", bad, check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert proc.stderr.count(f"rolled back to step {STEPS}") == 2
+  assert (f"the last good checkpoint is step {STEPS} in" in proc.stderr and
+          "non-finite loss or parameters at step" in proc.stderr)
+  assert _checkpoint_steps(workdir) == [100, 150, STEPS]
+  _, params = final_params(workdir)
+  assert all(np.isfinite(v).all() for v in params.values())
+  assert _jsonl_steps(workdir) == list(range(10, STEPS + 1, 10))
+  # Diverging before any checkpoint: nothing is saved at all.
+  fresh = str(tmp_path / "diverged_fresh")
+  proc = run("train.py", COMMON + [f"--workdir={fresh}",
+                                   f"--config.data.root={data_root}",
+                                   "--config.optimizer.lr=1e30",
+                                   "--config.train.num_steps=20"],
+             check=False)
+  assert proc.returncode == 1 and "there is no checkpoint yet" in proc.stderr
+  assert not os.path.isdir(os.path.join(fresh, "checkpoints")) or not \
+      _checkpoint_steps(fresh)
+
+
+def test_image_list_json_is_evaluated_without_ap(reference, data_root,
+                                                 tmp_path):
+  """A COCO json without annotations (test-dev): detections, no AP."""
+  root = tmp_path / "testdev_root"
+  (root / "annotations").mkdir(parents=True)
+  d = json.load(open(os.path.join(data_root, "annotations",
+                                  "instances_val.json")))
+  del d["annotations"]
+  json.dump(d, open(root / "annotations" / "instances_testdev.json", "w"))
+  os.symlink(os.path.join(data_root, "val"), root / "testdev")
+  out = tmp_path / "out"
+  proc = run("eval.py", ["--config=configs/tiny.py", f"--workdir={reference}",
+                         "--config.data.name=coco",
+                         f"--config.data.root={root}", "--split=testdev",
+                         f"--out={out}"])
+  assert "no AP computed" in proc.stdout and "AP   @" not in proc.stdout
+  dets = json.load(open(out / "detections.json"))
+  assert {r["image_id"] for r in dets} <= {im["id"] for im in d["images"]}
+  assert dets and "coco" not in json.load(open(out / "metrics.json"))
+  # Training on it is refused with the reason.
+  proc = run("train.py", COMMON + [f"--workdir={tmp_path / 'w'}",
+                                   "--config.data.name=coco",
+                                   f"--config.data.root={root}",
+                                   "--config.data.train_split=testdev"],
+             check=False)
+  assert proc.returncode != 0 and "image list" in proc.stderr
 
 
 def _free_port():
@@ -222,3 +371,57 @@ def test_four_devices_and_two_processes_match_one_device(data_root, tmp_path):
   _, p22 = final_params(two)
   assert_same_params(p1, p4, rtol=1e-4, atol=1e-6)
   assert_same_params(p4, p22, rtol=1e-4, atol=1e-6)
+
+
+def test_rollback_skips_the_bad_batch_and_goes_on(data_root, tmp_path,
+                                                  monkeypatch, caplog):
+  """One image makes its batch non-finite: each time it comes up, the run
+  rolls back to its last good checkpoint, skips that batch and goes on."""
+  import jax.numpy as jnp
+  from configs import tiny
+  from frcnn_jax import train_lib
+  real = train_lib.make_train_step
+  bad_image = 3
+
+  def poisoned(graphdef, tx, schedule):
+    step = real(graphdef, tx, schedule)
+
+    def wrapped(state, batch):
+      new, metrics = step(state, batch)
+      hit = jnp.any(batch["image_id"] == bad_image)
+      new = new.replace(params=jax.tree.map(
+          lambda p: jnp.where(hit, jnp.nan, p), new.params))
+      return new, dict(metrics, finite=metrics["finite"] & ~hit,
+                       loss_total=jnp.where(hit, jnp.nan,
+                                            metrics["loss_total"]))
+    return wrapped
+
+  import jax
+  monkeypatch.setattr(train_lib, "make_train_step", poisoned)
+  c = tiny.get_config()
+  c.data.root = data_root
+  c.train.num_steps = 14             # 6 steps per epoch: 3 epochs
+  c.train.log_every = 1
+  c.checkpoint.every_steps = 2
+  c.checkpoint.async_save = False
+  c.train.nonfinite_rollbacks = 5
+  workdir = str(tmp_path / "rollback")
+  with caplog.at_level("WARNING"):
+    train_lib.train(c, workdir)
+  rolled = [m for m in caplog.messages if "rolled back" in m]
+  assert 1 <= len(rolled) <= 5, caplog.messages
+  _, params = final_params(workdir)
+  assert all(np.isfinite(v).all() for v in params.values())
+  assert _jsonl_steps(workdir) == list(range(1, 15))
+  assert _tensorboard_steps(workdir) == list(range(1, 15))
+  # The skipped batches are exactly those that held the bad image.
+  meta = json.load(open(os.path.join(workdir, "checkpoints", "14", "meta",
+                                     "metadata")))
+  from frcnn_jax import data as data_lib
+  loader = data_lib.build_train_loader(c.data, seed=c.seed,
+                                       global_batch_size=4)
+  skipped = meta["skipped_batches"]
+  assert len(skipped) == len(rolled)
+  for pos in range(meta["data_iter"]["step"]):
+    _, ids = loader.global_batch_plan(pos)
+    assert (bad_image in ids.tolist()) == (pos in skipped), pos

@@ -91,11 +91,17 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
                     f'annotations, categories')
   images = _need(d, 'images', 'top level', list, ann_file)
   cats = _need(d, 'categories', 'top level', list, ann_file)
+  has_annotations = 'annotations' in d
   anns = d.get('annotations', [])
   if not isinstance(anns, list):
     raise DataError(f'{ann_file}: top level: field "annotations" must be a '
                     'list')
   stats = DropStats()
+  if not has_annotations:
+    log.warning('%s has no "annotations": an image list (like COCO\'s '
+                'image_info_test-dev2017.json); it can be evaluated '
+                '(detections are written for submission, no AP) but not '
+                'trained on', ann_file)
 
   # Categories -> contiguous ids, sorted by category id.
   cat_list = []
@@ -175,6 +181,8 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
     a_cls[j] = contiguous[cid]
     a_crowd[j] = bool(crowd)
 
+  # After the checks above, so that their messages name the file's own ids.
+  complete_annotations(anns, ann_file, stats)
   xywh = np.asarray(bboxes, np.float64).reshape(-1, 4)
   with np.errstate(invalid='ignore', over='ignore'):
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], 1)
@@ -217,11 +225,79 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
   return source_lib.DetectionSource(
       name=name, records=records, class_names=class_names, cat_ids=cat_ids,
       reader=reader, stats=stats,
-      coco_gt_fn=functools.partial(_coco_gt_from_file, ann_file))
+      coco_gt_fn=functools.partial(_coco_gt_from_file, ann_file),
+      has_annotations=has_annotations)
+
+
+def complete_annotations(anns: list, ann_file: str,
+                         stats: DropStats | None = None) -> None:
+  """Fills in place what COCO tools need and exported files often lack.
+
+  * ``area`` missing -> the box's ``w * h`` (``annotation_area_from_box``);
+    ``COCOeval`` uses it for the small / medium / large ranges.
+  * ``iscrowd`` missing -> 0 (``annotation_iscrowd_default``).
+  * ``id`` missing or repeated -> every annotation renumbered 1..n in file
+    order (``annotation_id_missing`` / ``annotation_id_duplicate``).
+    ``COCOeval`` matches ground truth to detections by annotation id, so
+    repeated ids would silently corrupt the AP; the ids mean nothing outside
+    the file (detections refer to images and categories), so renumbering is
+    safe, and it is what a user of an exported dataset wants.
+
+  Each reason is counted in ``stats`` and logged once, with the first
+  annotation it applies to. Entries that are not objects are left for the
+  reader to report.
+  """
+  missing_area, missing_crowd, missing_id = [], [], []
+  seen, dup = set(), []
+  for j, a in enumerate(anns):
+    if not isinstance(a, dict):
+      continue
+    if 'id' not in a:
+      missing_id.append(j)
+    elif a['id'] in seen:
+      dup.append(a['id'])
+    else:
+      seen.add(a['id'])
+    if 'area' not in a:
+      missing_area.append(j)
+      bb = a.get('bbox')
+      try:
+        a['area'] = float(bb[2]) * float(bb[3])
+      except (TypeError, ValueError, IndexError):
+        a['area'] = 0.0   # the reader reports the bad box itself
+    if 'iscrowd' not in a:
+      missing_crowd.append(j)
+      a['iscrowd'] = 0
+  if missing_id or dup:
+    for j, a in enumerate(a for a in anns if isinstance(a, dict)):
+      a['id'] = j + 1
+  if stats is None:
+    return
+  for reason, items, what in (
+      ('annotation_area_from_box', missing_area,
+       'no field "area": computed from the box (w * h)'),
+      ('annotation_iscrowd_default', missing_crowd,
+       'no field "iscrowd": taken as 0'),
+      ('annotation_id_missing', missing_id,
+       'no field "id": annotations renumbered 1..n for evaluation'),
+  ):
+    if items:
+      stats.add(reason, len(items), example=(
+          f'{ann_file}: annotations[{items[0]}] and {len(items) - 1} more: '
+          f'{what}'), level=logging.INFO if reason ==
+                'annotation_iscrowd_default' else logging.WARNING)
+  if dup:
+    stats.add('annotation_id_duplicate', len(dup), example=(
+        f'{ann_file}: field "id": {len(dup)} annotation(s) repeat an id '
+        f'(first: {sorted(set(dup))[:10]}); COCOeval matches by id, so every '
+        f'annotation was renumbered 1..n for evaluation'))
 
 
 def _coco_gt_from_file(ann_file: str):
-  return source_lib.coco_from_dict(load_json(ann_file))
+  d = load_json(ann_file)
+  if isinstance(d.get('annotations'), list):
+    complete_annotations(d['annotations'], ann_file)
+  return source_lib.coco_from_dict(d)
 
 
 def coco_paths(root: str, split: str) -> tuple[str, str]:

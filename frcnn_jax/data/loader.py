@@ -290,6 +290,12 @@ class TrainLoader:
     self.params = transforms.TransformParams.from_config(data_config)
     self.source = source or source_lib.build_source(
         data_config, data_config.train_split)
+    if not self.source.has_annotations:
+      raise DataError(
+          f'{self.source.name}: the annotation file has no "annotations" '
+          'field: it is an image list (like COCO\'s image_info_test-dev2017'
+          '.json), which eval.py can run on (it writes detections for '
+          'submission) but nothing can be trained on')
     self.stats = DropStats()
     self.stats.update(self.source.stats)
     records = training_records(self.source, data_config, self.stats)
@@ -353,6 +359,11 @@ class TrainLoader:
     batch = next(self._iter)
     self._step += 1
     return batch
+
+  def skip(self, n: int = 1) -> None:
+    """Moves past the next ``n`` global batches without loading them."""
+    self.close()
+    self._step += int(n)
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serializable state: the next global step and what it depends on."""

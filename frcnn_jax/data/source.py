@@ -371,12 +371,16 @@ class DetectionSource:
     cat_ids: ``K`` dataset category ids for the contiguous ids (entry 0 is 0).
     stats: ``DropStats`` of everything dropped while reading.
     name: a short description (dataset and split).
+    has_annotations: False for an image list without ground truth (a COCO
+      json without ``annotations``, like ``image_info_test-dev2017.json``):
+      evaluation writes detections but computes no AP; training refuses it.
   """
 
   def __init__(self, *, name: str, records: list[Record],
                class_names: Sequence[str], cat_ids: Sequence[int],
                reader: ImageReader, stats: DropStats,
-               coco_gt_fn: Callable[[], Any] | None = None):
+               coco_gt_fn: Callable[[], Any] | None = None,
+               has_annotations: bool = True):
     if class_names[0] != BACKGROUND:
       class_names = [BACKGROUND] + list(class_names)
       cat_ids = [0] + list(cat_ids)
@@ -388,6 +392,7 @@ class DetectionSource:
     self.stats = stats
     self._coco_gt_fn = coco_gt_fn
     self._coco_gt = None
+    self.has_annotations = bool(has_annotations)
 
   @property
   def num_classes(self) -> int:
@@ -582,7 +587,8 @@ def combine_sources(sources: Sequence[DetectionSource],
   return DetectionSource(
       name=name, records=records, class_names=first.class_names,
       cat_ids=first.cat_ids, reader=first.reader, stats=stats,
-      coco_gt_fn=functools.partial(_merged_coco_gt, list(sources)))
+      coco_gt_fn=functools.partial(_merged_coco_gt, list(sources)),
+      has_annotations=all(s.has_annotations for s in sources))
 
 
 def _merged_coco_gt(sources: Sequence[DetectionSource]):
