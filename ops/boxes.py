@@ -135,35 +135,60 @@ def encode(boxes: jnp.ndarray, anchors: jnp.ndarray,
   return deltas / jnp.asarray(stds, deltas.dtype)
 
 
+_DECODE_STYLES = ("exact", "seed")
+
+
 def decode(deltas: jnp.ndarray, anchors: jnp.ndarray,
-           stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> jnp.ndarray:
+           stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0), *,
+           style: str = "exact") -> jnp.ndarray:
   """Applies regression ``deltas`` to ``anchors`` (``bbox_transform_inv``).
 
-  The inverse of :func:`encode`: ``deltas`` are first multiplied by ``stds``,
-  then ``ctr = d_xy * a_wh + a_ctr`` and ``wh = exp(d_wh) * a_wh``.
+  ``deltas`` are first multiplied by ``stds``, then (in the seed's order of
+  operations) ``a_wh = a2 - a1 + 1``, ``a_ctr = a1 + 0.5 * a_wh``,
+  ``ctr = d_xy * a_wh + a_ctr`` and ``wh = exp(d_wh) * a_wh``; the corners
+  are ``x1 = ctr_x - 0.5 * w`` and ``y1 = ctr_y - 0.5 * h`` and, by ``style``:
 
-  ``dw`` and ``dh`` are clamped at ``log(1000 / 16)`` (:data:`BBOX_XFORM_CLIP`)
-  before ``exp``: a wild delta (early training, a bad checkpoint) can then
-  grow a box at most 62.5x and never produces inf or NaN (``-inf`` gives an
-  empty box). Infinite ``dx``/``dy`` give infinite corners, which
-  :func:`clip` maps to the image border; NaN deltas give NaN boxes (a NaN
-  network output is a failure to surface, not to hide).
+  * ``"exact"`` (default): ``x2 = ctr_x + 0.5 * w - 1`` (same for y). The
+    inverse of :func:`encode`: ``decode(encode(b, a), a) == b`` in the
+    inclusive convention (zero deltas give the anchor back). This is the
+    correction Detectron made.
+  * ``"seed"``: ``x2 = ctr_x + 0.5 * w``, ``y2 = ctr_y + 0.5 * h``, exactly the
+    seed's ``bbox_transform_inv``, whose decoded boxes are one pixel wider
+    and taller than the encoded ones (an anchor with zero deltas grows by a
+    pixel). Use it to reproduce the seed's proposals and detections.
 
-  The corners are ``x1 = ctr_x - 0.5 * w`` and ``x2 = ctr_x + 0.5 * w - 1``
-  (same for y), which makes ``decode(encode(b, a), a) == b`` exactly in the
-  inclusive convention. The seed's ``bbox_transform_inv`` omits the ``- 1``
-  (so its decoded boxes are one pixel wider and taller than the encoded
-  ones, e.g. an anchor with zero deltas grows by a pixel); this is the same
-  correction Detectron made.
+  In both styles ``dw`` and ``dh`` are clamped at ``log(1000 / 16)``
+  (:data:`BBOX_XFORM_CLIP`) before ``exp``, which the seed does not do: a
+  wild delta (early training, a bad checkpoint) then grows a box at most
+  62.5x and never produces inf or NaN (``-inf`` gives an empty box).
+  Infinite ``dx``/``dy`` give infinite corners, which :func:`clip` maps to
+  the image border; NaN deltas give NaN boxes (a NaN network output is a
+  failure to surface, not to hide). The clamp changes no *clipped* box in
+  practice: it only acts on a box that would grow beyond 62.5x its reference
+  box, i.e. (RPN, the seed's anchors with scales 8..32, shortest side 88 px)
+  wider or taller than 5500 px, and such a box, once clipped to an image of
+  the seed's sizes (longest side 1000 px), covers the image's full extent on
+  that axis with or without the clamp unless its centre was also thrown more
+  than ~1750 px outside the image (~375 px with the COCO scales 4..32,
+  shortest side 44 px); for the R-CNN head (stds 0.2 on dw/dh) it
+  needs a raw ``dw``/``dh`` above 20.7, twenty standard deviations of the
+  normalised regression targets. Neither happens with a trained network.
 
   Args:
     deltas: ``[..., 4]`` float32 ``(dx, dy, dw, dh)``.
     anchors: ``[..., 4]`` float32 reference boxes, broadcastable to ``deltas``.
     stds: 4 multipliers undoing the normalisation of :func:`encode`.
+    style: ``"exact"`` or ``"seed"`` (keyword only; see above).
 
   Returns:
     ``[..., 4]`` float32 boxes (inclusive pixels), unclipped.
+
+  Raises:
+    ValueError: for an unknown ``style``.
   """
+  if style not in _DECODE_STYLES:
+    raise ValueError(
+        f"decode style must be one of {_DECODE_STYLES}, got {style!r}")
   deltas = deltas * jnp.asarray(stds, deltas.dtype)
   ax, ay, aw, ah = _centers_sizes(anchors)
   dw = jnp.minimum(deltas[..., 2], BBOX_XFORM_CLIP)
@@ -172,6 +197,9 @@ def decode(deltas: jnp.ndarray, anchors: jnp.ndarray,
   cy = deltas[..., 1] * ah + ay
   w = jnp.exp(dw) * aw
   h = jnp.exp(dh) * ah
-  return jnp.stack(
-      [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w - 1.0, cy + 0.5 * h - 1.0],
-      axis=-1)
+  x2 = cx + 0.5 * w
+  y2 = cy + 0.5 * h
+  if style == "exact":
+    x2 = x2 - 1.0
+    y2 = y2 - 1.0
+  return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, x2, y2], axis=-1)

@@ -154,3 +154,78 @@ def test_jit_and_vmap_equal_eager(rng):
     np.testing.assert_allclose(jax.jit(f)(*args), f(*args), rtol=1e-5)
   batched = jax.vmap(B.iou)(jnp.stack([a, b]), jnp.stack([b, a]))
   np.testing.assert_allclose(batched[1], B.iou(b, a))
+
+
+def np_bbox_transform_inv_f32(boxes, deltas):
+  """The seed's bbox_transform_inv, float32 throughout, in its operation order
+  (the torch code of the seed analysis, lines ~661-700, unbatched)."""
+  boxes = boxes.astype(np.float32)
+  deltas = deltas.astype(np.float32)
+  one, half = np.float32(1.0), np.float32(0.5)
+  widths = boxes[:, 2] - boxes[:, 0] + one
+  heights = boxes[:, 3] - boxes[:, 1] + one
+  ctr_x = boxes[:, 0] + half * widths
+  ctr_y = boxes[:, 1] + half * heights
+  pred_ctr_x = deltas[:, 0] * widths + ctr_x
+  pred_ctr_y = deltas[:, 1] * heights + ctr_y
+  pred_w = np.exp(deltas[:, 2]) * widths
+  pred_h = np.exp(deltas[:, 3]) * heights
+  return np.stack([pred_ctr_x - half * pred_w, pred_ctr_y - half * pred_h,
+                   pred_ctr_x + half * pred_w, pred_ctr_y + half * pred_h], 1)
+
+
+@pytest.mark.parametrize("stds", [(1, 1, 1, 1), (0.1, 0.1, 0.2, 0.2)])
+def test_decode_seed_style_matches_seed(rng, stds):
+  anchors = random_boxes(rng, 500, size=1000.0)
+  deltas = rng.normal(0, 1.0, (500, 4)).astype(np.float32)
+  ref = np_bbox_transform_inv_f32(anchors,
+                                  deltas * np.asarray(stds, np.float32))
+  out = np.asarray(B.decode(deltas, anchors, stds, style="seed"))
+  # float32 reference in the same order: equal up to exp() rounding.
+  np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-4)
+  # The float64 transcription too, and "seed" is "exact" + 1 on x2/y2 only.
+  np.testing.assert_allclose(
+      out, np_bbox_transform_inv(anchors.astype(np.float64),
+                                 deltas * np.asarray(stds)),
+      rtol=1e-5, atol=1e-3)
+  exact = np.asarray(B.decode(deltas, anchors, stds))
+  np.testing.assert_array_equal(out[:, :2], exact[:, :2])
+  np.testing.assert_allclose(out[:, 2:] - exact[:, 2:], 1.0, atol=1e-3)
+
+
+def test_decode_seed_style_hand_values():
+  # Zero deltas: the seed's anchor grows by one pixel on x2/y2.
+  a = jnp.array([[-84, -40, 99, 55], [0, 0, 15, 15]], jnp.float32)
+  out = B.decode(jnp.zeros((2, 4)), a, style="seed")
+  np.testing.assert_array_equal(out, [[-84, -40, 100, 56], [0, 0, 16, 16]])
+  # dx = 0.5 on a 16-px box shifts by 8; dw = log 2 doubles the width.
+  d = jnp.array([[0.5, 0, math.log(2.0), 0]], jnp.float32)
+  out = B.decode(d, a[1:], style="seed")
+  np.testing.assert_allclose(out, [[0, 0, 32, 16]], atol=1e-5)
+  np.testing.assert_allclose(B.decode(d, a[1:]), [[0, 0, 31, 15]], atol=1e-5)
+
+
+def test_decode_seed_style_clamps_like_exact():
+  a = jnp.array([[0, 0, 15, 15]] * 2, jnp.float32)
+  d = jnp.array([[0, 0, 1e4, -np.inf], [0, 0, 100.0, 0]], jnp.float32)
+  out = np.asarray(B.decode(d, a, style="seed"))
+  assert np.all(np.isfinite(out))
+  np.testing.assert_allclose(out[:, 2] - out[:, 0], 1000.0, rtol=1e-5)
+  np.testing.assert_allclose(out, np.asarray(B.decode(d, a)) + [0, 0, 1, 1])
+
+
+def test_decode_unknown_style_raises():
+  a = jnp.zeros((1, 4))
+  with pytest.raises(ValueError, match="style"):
+    B.decode(a, a, style="detectron")
+  with pytest.raises(TypeError):
+    B.decode(a, a, (1, 1, 1, 1), "seed")  # style is keyword-only
+
+
+def test_decode_seed_style_jit_vmap(rng):
+  anchors = random_boxes(rng, 20)
+  deltas = rng.normal(0, 0.5, (2, 20, 4)).astype(np.float32)
+  f = lambda d, a: B.decode(d, a, (0.1, 0.1, 0.2, 0.2), style="seed")
+  eager = np.stack([f(d, anchors) for d in deltas])
+  np.testing.assert_allclose(jax.jit(jax.vmap(f, (0, None)))(deltas, anchors),
+                             eager, rtol=1e-6, atol=1e-4)
