@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 from frcnn_jax import cli
+from frcnn_jax import demo_lib
 
 cli.define_common_flags(reads_checkpoint=True)
 flags.DEFINE_string("images", None, "Folder of images.")
@@ -31,9 +32,6 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
 
 def main(argv):
   cli.setup(FLAGS, argv)
-  # pylint: disable=g-import-not-at-top
-  from frcnn_jax import demo_lib
-  # pylint: enable=g-import-not-at-top
   config = cli.load_config(FLAGS, check_paths=False)
   workdir = cli.workdir(FLAGS)
   demo_lib.run(config, workdir, FLAGS.images,

@@ -12,7 +12,10 @@ Several hosts (GPU nodes, TPU pods) run the same command on every host, with
 from absl import app
 from absl import flags
 
+from frcnn_jax import checkpoints
 from frcnn_jax import cli
+from frcnn_jax import run_lock
+from frcnn_jax import train_lib
 
 cli.define_common_flags(reads_checkpoint=False)
 FLAGS = flags.FLAGS
@@ -20,9 +23,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   cli.setup(FLAGS, argv)
-  # pylint: disable-next=g-import-not-at-top
-  from frcnn_jax import train_lib
-  from frcnn_jax import run_lock
   config = cli.load_config(FLAGS)
   workdir = cli.workdir(FLAGS)
   try:
@@ -30,7 +30,7 @@ def main(argv):
   except run_lock.WorkdirLockedError as e:
     cli.exit_with_message(e, code=2)
   except (train_lib.NonFiniteLossError,
-          train_lib.CheckpointMismatchError) as e:
+          checkpoints.CheckpointMismatchError) as e:
     cli.exit_with_message(e, code=1)
   cli.print_summary(last, workdir)
 

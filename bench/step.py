@@ -101,7 +101,7 @@ def zero_init_residual(backbone) -> None:
   ``zero_init_residual``), so random-weight activations stay bounded and
   both frameworks do the same, finite work."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from frcnn_jax import backbones  # pylint: disable=import-outside-toplevel
+  from frcnn_jax.modeling import backbones  # pylint: disable=import-outside-toplevel
   for _, m in nnx.iter_modules(backbone):
     if isinstance(m, backbones.Bottleneck):
       m.bn3.scale[...] = 0 * m.bn3.scale[...]
@@ -128,8 +128,10 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
                  do_train: bool = True, do_infer: bool = True,
                  dtype: str = "float32", profile: bool = False) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
-  from frcnn_jax import detector  # pylint: disable=import-outside-toplevel
+  from frcnn_jax.modeling import detector  # pylint: disable=import-outside-toplevel
   from frcnn_jax import eval_lib  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
   from frcnn_jax import train_lib  # pylint: disable=import-outside-toplevel
   hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
   c = seed_config(model, hp, wp, batch, dtype)
@@ -144,14 +146,14 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
   im_info = np.tile(np.array([[h, w, 1.0]], np.float32), (batch, 1))
   out = {"framework": "ours (jax)", "model": model, "image": f"{h}x{w}",
          "canvas": f"{hp}x{wp}", "batch": batch, "dtype": dtype}
-  mesh = train_lib.create_mesh()
+  mesh = parallel.create_mesh()
   net = detector.build_detector(c, 21)
   zero_init_residual(net.backbone)
-  tx, sched = train_lib.make_optimizer(c.optimizer, 1000)
+  tx, sched = optimizer_lib.make_optimizer(c.optimizer, 1000)
   graphdef, state = train_lib.create_train_state(net, tx, 0)
   del net
-  state = jax.device_put(state, train_lib.replicated(mesh))
-  batch_d = train_lib.global_batch(
+  state = jax.device_put(state, parallel.replicated(mesh))
+  batch_d = parallel.global_batch(
       dict(image=image, im_info=im_info, gt_boxes=gt, gt_classes=cls,
            gt_valid=valid), mesh)
   if do_train:
@@ -180,7 +182,7 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
     state = holder["state"]
   if do_infer:
     predict = eval_lib.make_predict_fn(graphdef, mesh)
-    ids = train_lib.global_batch({"i": np.arange(batch, dtype=np.int32)},
+    ids = parallel.global_batch({"i": np.arange(batch, dtype=np.int32)},
                                  mesh)["i"]
     t = time.perf_counter()
     compiled_p = predict.lower(state.params, state.rest, batch_d["image"],

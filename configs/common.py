@@ -2,7 +2,7 @@
 
 Every config file builds on :func:`base_config` and changes what differs.
 Sub-dicts: ``backbone, model, anchors, rpn, roi, test, data, train,
-optimizer, mesh, checkpoint`` (one per stage, as in DESIGN.md); only the
+optimizer, mesh, checkpoint`` (one per stage, README "Design"); only the
 builders in ``frcnn_jax/`` read them.
 """
 
@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from frcnn_jax import backbones
 from frcnn_jax import data
-
-# faster-rcnn.pytorch's PIXEL_MEANS (BGR, 0..255) for its caffe weights.
-CAFFE_BGR_MEANS = (102.9801, 115.9465, 122.7717)
-# torchvision's ImageNet statistics, scaled to 0..255 inputs (RGB).
-TORCHVISION_RGB_MEANS = (123.675, 116.28, 103.53)
-TORCHVISION_RGB_STDS = (58.395, 57.12, 57.375)
+from frcnn_jax.modeling import backbones
+from frcnn_jax.modeling import preprocessing
 
 
 def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
@@ -41,8 +36,8 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   # Input normalisation, in the network's channel order: caffe weights take
   # BGR 0..255 minus the means; torchvision weights RGB (x - mean) / std.
   c.model.bgr = True
-  c.model.pixel_mean = CAFFE_BGR_MEANS
-  c.model.pixel_std = (1.0, 1.0, 1.0)
+  c.model.pixel_mean = preprocessing.CAFFE_BGR_MEANS
+  c.model.pixel_std = preprocessing.CAFFE_BGR_STDS
   # RPN NMS implementation, same results: 'jnp' (ops/nms.py, everywhere);
   # 'auto' = the Pallas kernel (ops/pallas_nms.py) on GPU/TPU, jnp on CPU;
   # 'pallas' (interpreted, slowly, on CPU). 'jnp' is the default until the
@@ -138,5 +133,5 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
 def torchvision_preprocessing(c: ml_collections.ConfigDict) -> None:
   """RGB mean/std inputs, for torchvision ImageNet weights."""
   c.model.bgr = False
-  c.model.pixel_mean = TORCHVISION_RGB_MEANS
-  c.model.pixel_std = TORCHVISION_RGB_STDS
+  c.model.pixel_mean = preprocessing.TORCHVISION_RGB_MEANS
+  c.model.pixel_std = preprocessing.TORCHVISION_RGB_STDS

@@ -10,6 +10,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from frcnn_jax import config_lib
+
 
 _CHECKPOINT_WORKDIR_HELP = (
     "Train workdir (default: runs/<config name>), or a folder written by "
@@ -88,8 +90,6 @@ def setup(f, argv) -> None:
 
 def load_config(f, *, check_paths: bool = True):
   """The --config (with overrides), validated."""
-  # pylint: disable-next=g-import-not-at-top
-  from frcnn_jax import config_lib
   config = f.config
   config_lib.validate(config, check_paths=check_paths)
   return config

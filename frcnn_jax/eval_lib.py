@@ -18,10 +18,14 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from frcnn_jax import checkpoints
 from frcnn_jax import compiler_options
+from frcnn_jax import data as data_lib
 from frcnn_jax import metrics as metrics_lib
-from frcnn_jax import train_lib
+from frcnn_jax import parallel
 from frcnn_jax import vis
+from frcnn_jax.modeling import detector as detector_lib
+from frcnn_jax.weights import compat
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,8 @@ def make_predict_fn(graphdef, mesh):
   ``image_id`` passes through so that every process gets the ids of the
   whole global batch next to its detections.
   """
-  rep = train_lib.replicated(mesh)
-  data = train_lib.batch_sharding(mesh)
+  rep = parallel.replicated(mesh)
+  data = parallel.batch_sharding(mesh)
 
   def predict(params, rest, image, im_info, image_id):
     out = nnx.merge(graphdef, params, rest).predict(image, im_info)
@@ -61,7 +65,7 @@ def predict_dataset(predict_fn, params, rest, loader, mesh, *,
   with tqdm(total=total, desc=desc, unit="batch", disable=not show,
             dynamic_ncols=True) as bar:
     for batch in loader:
-      g = train_lib.global_batch(
+      g = parallel.global_batch(
           {k: batch[k] for k in ("image", "im_info", "image_id")}, mesh)
       out = jax.device_get(predict_fn(params, rest, g["image"], g["im_info"],
                                       g["image_id"]))
@@ -198,12 +202,6 @@ def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
   return m
 
 
-def checkpoint_location(path: str) -> str:
-  """A train workdir or a converted model folder -> its checkpoints folder."""
-  sub = os.path.join(path, "checkpoints")
-  return sub if os.path.isdir(sub) else path
-
-
 def load_for_inference(config, path: str, *, num_classes: int | None = None,
                        step: int | None = None, mesh=None):
   """Builds the detector of ``config`` and restores a checkpoint into it.
@@ -221,9 +219,8 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
     ``(graphdef, params, rest, step, class_names)``, arrays replicated on
     ``mesh``.
   """
-  from frcnn_jax import detector as detector_lib  # pylint: disable=g-import-not-at-top
-  ckpt = train_lib.Checkpointer(checkpoint_location(path), read_only=True,
-                                async_save=False)
+  ckpt = checkpoints.Checkpointer(checkpoints.checkpoint_location(path),
+                                 read_only=True, async_save=False)
   try:
     if not ckpt.all_steps():
       raise FileNotFoundError(
@@ -231,9 +228,8 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
           f"--workdir={path}) or convert weights (python -m frcnn_jax.weights "
           f"convert ...)")
     meta = ckpt.read_meta(step)
-    from frcnn_jax import weights  # pylint: disable=g-import-not-at-top
-    weights.check_config_against_checkpoint(config, meta,
-                                            where=ckpt.directory)
+    compat.check_config_against_checkpoint(config, meta,
+                                           where=ckpt.directory)
     names = meta.get("class_names")
     if num_classes is None:
       if not names:
@@ -245,12 +241,43 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
           f"{ckpt.directory} was trained for {len(names)} classes "
           f"({names[:5]}...), the dataset has {num_classes}")
     model = detector_lib.build_detector(config, num_classes)
-    rep = train_lib.replicated(mesh) if mesh is not None else None
+    rep = parallel.replicated(mesh) if mesh is not None else None
     got = ckpt.restore_model(model, step, sharding=rep)
   finally:
     ckpt.close()
   restored_step, _ = got
-  graphdef, params, rest = train_lib.split_model(model)
+  graphdef, params, rest = detector_lib.split_model(model)
   if mesh is not None:
     params, rest = jax.device_put((params, rest), rep)
   return graphdef, params, rest, restored_step, names
+
+
+def run(config, workdir: str, *, split: str | None = None,
+        step: int | None = None, out_dir: str | None = None,
+        max_images: int | None = None, vis_images: int = 0) -> dict[str, Any]:
+  """What eval.py does: restore, infer over ``split``, print and write metrics.
+
+  Writes ``out_dir`` (default ``<workdir>/eval/<split>_step<N>``): see
+  :func:`evaluate`. Returns the metrics.
+  """
+  split = split or config.data.val_split
+  mesh = parallel.create_mesh(config.mesh.num_devices)
+  loader = data_lib.build_eval_loader(
+      config.data, split, batch_size=config.test.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  graphdef, params, rest, step, _ = load_for_inference(
+      config, workdir, num_classes=loader.source.num_classes, step=step,
+      mesh=mesh)
+  out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{step}")
+  m = evaluate(make_predict_fn(graphdef, mesh), params, rest, loader, mesh,
+               metric=config.test.metric, out_dir=out_dir,
+               max_images=max_images, vis_images=vis_images,
+               vis_score_threshold=config.test.vis_score_thresh,
+               desc=f"eval {split}")
+  if jax.process_index() == 0:
+    print(f"\n{workdir} step {step}, {split}: {m['num_images']} images, "
+          f"{m['num_detections']} detections")
+    print(format_metrics(m))
+    print(f"\nwrote {out_dir}/metrics.json, {out_dir}/detections.json"
+          + (f", {out_dir}/vis/" if vis_images else ""))
+  return m

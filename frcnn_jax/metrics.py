@@ -12,7 +12,7 @@ Conventions at this boundary:
     becomes [x1, y1, x2 - x1 + 1, y2 - y1 + 1], as the seed's
     `_coco_results_one_category` writes it, and a COCO box [x, y, w, h] read
     by the data pipeline becomes (x, y, x + w - 1, y + h - 1); the two are
-    inverse (`xyxy_to_xywh`, `xywh_to_xyxy`).
+    inverse (`ops.boxes.xyxy_to_xywh`, `xywh_to_xyxy`).
 
 Shape shorthand: B images, D detections per image (padded), M gt per image.
 """
@@ -24,6 +24,8 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from ops import boxes as box_ops
 
 COCO_METRIC_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -48,42 +50,6 @@ _COCO_METRIC_LABELS: tuple[str, ...] = (
 UNDEFINED = -1.0
 """Value of a metric with nothing to measure (no ground truth in its class or
 area range), as pycocotools reports it. Never averaged into a mean."""
-
-
-# ---------------------------------------------------------------------------
-# Box format conversion at the eval boundary.
-# ---------------------------------------------------------------------------
-
-
-def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
-  """Inclusive (x1, y1, x2, y2) -> COCO [x, y, w, h] with w = x2 - x1 + 1.
-
-  Args:
-    boxes: [..., 4] float, inclusive-pixel corners.
-
-  Returns:
-    [..., 4] float64, [x1, y1, w, h]. Widths/heights of inverted boxes
-    (x2 < x1 - 1) are clamped to 0, never negative.
-  """
-  b = np.asarray(boxes, dtype=np.float64)
-  w = np.maximum(b[..., 2] - b[..., 0] + 1.0, 0.0)
-  h = np.maximum(b[..., 3] - b[..., 1] + 1.0, 0.0)
-  return np.stack([b[..., 0], b[..., 1], w, h], axis=-1)
-
-
-def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-  """COCO [x, y, w, h] -> inclusive (x1, y1, x2, y2) = (x, y, x + w - 1, y + h - 1).
-
-  Args:
-    boxes: [..., 4] float, COCO boxes.
-
-  Returns:
-    [..., 4] float64 inclusive-pixel corners; the inverse of `xyxy_to_xywh`
-    for boxes with w, h >= 0.
-  """
-  b = np.asarray(boxes, dtype=np.float64)
-  return np.stack([b[..., 0], b[..., 1], b[..., 0] + b[..., 2] - 1.0,
-                   b[..., 1] + b[..., 3] - 1.0], axis=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +127,7 @@ def detections_to_coco(
           f"detection class {c} has no category id in contiguous_to_cat_id")
     cat_of[c] = int(cat)
   # Vectorised rounding, then plain Python lists (fast for ~1e6 rows).
-  xywh = np.round(xyxy_to_xywh(boxes[ii, jj]), box_decimals).tolist()
+  xywh = np.round(box_ops.xyxy_to_xywh(boxes[ii, jj]), box_decimals).tolist()
   sc = np.round(scores[ii, jj], score_decimals).tolist()
   ids = image_ids[ii].astype(np.int64).tolist()
   results = [
@@ -442,87 +408,13 @@ def voc_evaluate(
   Raises:
     ValueError: detections for an image not in `gt`, or mismatched lengths.
   """
-  gt_keys, gt_list = _as_image_list(gt)
-  if isinstance(gt, Mapping) != isinstance(detections, Mapping):
-    raise ValueError("gt and detections must both be mappings or sequences")
-  if isinstance(detections, Mapping):
-    unknown = set(detections.keys()) - set(gt_keys)
-    if unknown:
-      raise ValueError(f"detections for images not in gt: {sorted(map(str, unknown))[:5]}")
-    det_list = [detections.get(k, {}) for k in gt_keys]
-  else:
-    det_list = list(detections)
-    if len(det_list) != len(gt_list):
-      raise ValueError(f"{len(det_list)} detection entries for {len(gt_list)} gt images")
-
-  gts = [_rows(g, ("classes", "difficult")) for g in gt_list]
-  dets = []
-  for d in det_list:
-    r = _rows(d, ("scores", "classes"))
-    ok = np.isfinite(r["boxes"]).all(-1) & np.isfinite(r["scores"])
-    dets.append({k: v[ok] for k, v in r.items()})
-
+  gts, dets = _voc_inputs(gt, detections)
   per_ap: dict[str, float] = {}
   num_gt: dict[str, int] = {}
   for c in range(1, len(class_names)):
-    scores_all, tp_all, fp_all = [], [], []
-    npos = 0
-    for g, d in zip(gts, dets):
-      gmask = g["classes"].astype(np.int64) == c
-      gboxes = g["boxes"][gmask]
-      gdiff = g["difficult"][gmask].astype(bool)
-      npos += int(np.sum(~gdiff))
-      dmask = d["classes"].astype(np.int64) == c
-      if not dmask.any():
-        continue
-      dboxes, dscores = d["boxes"][dmask], d["scores"][dmask]
-      # Matching in one image depends only on the order of that image's
-      # detections, so it is done per image, in the same (stable) order as
-      # the global ranking below.
-      order = np.argsort(-dscores, kind="stable")
-      dboxes, dscores = dboxes[order], dscores[order]
-      tp = np.zeros(len(dscores))
-      fp = np.zeros(len(dscores))
-      if len(gboxes):
-        ious = voc_iou(dboxes, gboxes)
-        best = np.argmax(ious, axis=1)
-        best_iou = ious[np.arange(len(dscores)), best]
-      else:
-        best = np.zeros(len(dscores), np.int64)
-        best_iou = np.full(len(dscores), -np.inf)
-      taken = np.zeros(len(gboxes), bool)
-      for i in range(len(dscores)):
-        if best_iou[i] > iou_threshold:
-          j = best[i]
-          if gdiff[j]:
-            continue  # ignored: neither TP nor FP
-          if not taken[j]:
-            tp[i], taken[j] = 1.0, True
-          else:
-            fp[i] = 1.0
-        else:
-          fp[i] = 1.0
-      scores_all.append(dscores)
-      tp_all.append(tp)
-      fp_all.append(fp)
     name = str(class_names[c])
-    num_gt[name] = npos
-    if npos == 0:
-      per_ap[name] = UNDEFINED
-      continue
-    if scores_all:
-      scores = np.concatenate(scores_all)
-      order = np.argsort(-scores, kind="stable")
-      tp = np.concatenate(tp_all)[order]
-      fp = np.concatenate(fp_all)[order]
-      counted = (tp + fp) > 0          # drop ignored (difficult) detections
-      tp, fp = np.cumsum(tp[counted]), np.cumsum(fp[counted])
-    else:
-      tp = fp = np.zeros((0,))
-    rec = tp / float(npos)
-    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    per_ap[name] = voc_ap(rec, prec, use_07_metric)
-
+    num_gt[name], per_ap[name] = _voc_class_ap(gts, dets, c, iou_threshold,
+                                               use_07_metric)
   defined = [v for v in per_ap.values() if v > UNDEFINED]
   return {
       "per_class_AP": per_ap,
@@ -531,6 +423,96 @@ def voc_evaluate(
       "use_07_metric": bool(use_07_metric),
       "iou_threshold": float(iou_threshold),
   }
+
+
+def _voc_inputs(gt, detections):
+  """Aligned per-image ground truth and (finite) detections as arrays."""
+  gt_keys, gt_list = _as_image_list(gt)
+  if isinstance(gt, Mapping) != isinstance(detections, Mapping):
+    raise ValueError("gt and detections must both be mappings or sequences")
+  if isinstance(detections, Mapping):
+    unknown = set(detections.keys()) - set(gt_keys)
+    if unknown:
+      raise ValueError(f"detections for images not in gt: "
+                       f"{sorted(map(str, unknown))[:5]}")
+    det_list = [detections.get(k, {}) for k in gt_keys]
+  else:
+    det_list = list(detections)
+    if len(det_list) != len(gt_list):
+      raise ValueError(f"{len(det_list)} detection entries for "
+                       f"{len(gt_list)} gt images")
+  gts = [_rows(g, ("classes", "difficult")) for g in gt_list]
+  dets = []
+  for d in det_list:
+    r = _rows(d, ("scores", "classes"))
+    ok = np.isfinite(r["boxes"]).all(-1) & np.isfinite(r["scores"])
+    dets.append({k: v[ok] for k, v in r.items()})
+  return gts, dets
+
+
+def _voc_match_image(dboxes, dscores, gboxes, gdiff, iou_threshold):
+  """TP / FP flags of one image's detections of one class, score order.
+
+  Matching in one image depends only on the order of that image's
+  detections, so it is done per image, in the same (stable) order as the
+  global ranking. Detections matched to a difficult box are neither.
+  """
+  order = np.argsort(-dscores, kind="stable")
+  dboxes, dscores = dboxes[order], dscores[order]
+  tp = np.zeros(len(dscores))
+  fp = np.zeros(len(dscores))
+  if len(gboxes):
+    ious = voc_iou(dboxes, gboxes)
+    best = np.argmax(ious, axis=1)
+    best_iou = ious[np.arange(len(dscores)), best]
+  else:
+    best = np.zeros(len(dscores), np.int64)
+    best_iou = np.full(len(dscores), -np.inf)
+  taken = np.zeros(len(gboxes), bool)
+  for i in range(len(dscores)):
+    if best_iou[i] > iou_threshold:
+      j = best[i]
+      if gdiff[j]:
+        continue  # ignored: neither TP nor FP
+      if not taken[j]:
+        tp[i], taken[j] = 1.0, True
+      else:
+        fp[i] = 1.0
+    else:
+      fp[i] = 1.0
+  return dscores, tp, fp
+
+
+def _voc_class_ap(gts, dets, c: int, iou_threshold: float,
+                  use_07_metric: bool) -> tuple[int, float]:
+  """(non-difficult gt count, AP) of class ``c`` over all images."""
+  scores_all, tp_all, fp_all = [], [], []
+  npos = 0
+  for g, d in zip(gts, dets):
+    gmask = g["classes"].astype(np.int64) == c
+    gdiff = g["difficult"][gmask].astype(bool)
+    npos += int(np.sum(~gdiff))
+    dmask = d["classes"].astype(np.int64) == c
+    if not dmask.any():
+      continue
+    scores, tp, fp = _voc_match_image(d["boxes"][dmask], d["scores"][dmask],
+                                      g["boxes"][gmask], gdiff, iou_threshold)
+    scores_all.append(scores)
+    tp_all.append(tp)
+    fp_all.append(fp)
+  if npos == 0:
+    return 0, UNDEFINED
+  if scores_all:
+    order = np.argsort(-np.concatenate(scores_all), kind="stable")
+    tp = np.concatenate(tp_all)[order]
+    fp = np.concatenate(fp_all)[order]
+    counted = (tp + fp) > 0          # drop ignored (difficult) detections
+    tp, fp = np.cumsum(tp[counted]), np.cumsum(fp[counted])
+  else:
+    tp = fp = np.zeros((0,))
+  rec = tp / float(npos)
+  prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+  return npos, voc_ap(rec, prec, use_07_metric)
 
 
 def format_voc_table(metrics: Mapping[str, Any]) -> str:

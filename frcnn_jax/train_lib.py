@@ -1,4 +1,4 @@
-"""Training: state, optimizer, the jitted step, checkpoints and the loop.
+"""Training: the train state, the jitted step and the loop.
 
 The step is one ``jax.jit`` over a pure function of ``(TrainState, batch)``:
 the model is ``nnx.split`` into a static graph definition, the trainable
@@ -11,157 +11,40 @@ of every device; the batch is sharded on ``data``. One process or many
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
 import time
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.experimental import multihost_utils
 
+from frcnn_jax import checkpoints
 from frcnn_jax import compiler_options
+from frcnn_jax import data as data_lib
+from frcnn_jax import eval_lib
+from frcnn_jax import metric_writers
+from frcnn_jax import optimizer as optimizer_lib
+from frcnn_jax import parallel
 from frcnn_jax import run_lock
-from frcnn_jax import detector as detector_lib
+from frcnn_jax import vis
+from frcnn_jax import weights
+from frcnn_jax.checkpoints import TrainState
+from frcnn_jax.modeling import detector as detector_lib
 
 log = logging.getLogger(__name__)
 
 
-# -- devices -------------------------------------------------------------------
-
-def create_mesh(num_devices: int = -1) -> jax.sharding.Mesh:
-  """A 1-D ``data`` mesh over all (or the first ``num_devices``) devices.
-
-  Axis type Auto: the step is written for a single device and XLA's SPMD
-  partitioner splits it along the batch.
-  """
-  devices = jax.devices()
-  if num_devices > 0:
-    devices = devices[:num_devices]
-  return jax.make_mesh((len(devices),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-
-
-def batch_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
-
-
-def replicated(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def global_batch(local_batch: dict, mesh) -> dict:
-  """This process's part of a batch -> a global array sharded on ``data``."""
-  sharding = batch_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      local_batch)
-
-
-# -- state ---------------------------------------------------------------------
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step reads and writes; a pytree of arrays."""
-  step: jax.Array          # int32 []
-  params: Any              # nnx.State of the trainable parameters
-  rest: Any                # nnx.State of everything else (frozen)
-  opt_state: Any
-  rng: jax.Array           # uint32 [2]: key data of the run's base key
-
-
-def tree_all_finite(tree) -> jax.Array:
-  """bool []: every element of every array leaf of ``tree`` is finite."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def trainable_filter(model: detector_lib.FasterRCNN):
-  """``nnx.Param`` minus the backbone's frozen parameters."""
-  frozen = model.backbone.frozen_filter()
-  return nnx.All(nnx.Param, nnx.Not(frozen))
-
-
-def split_model(model):
-  """``(graphdef, trainable params, rest)``."""
-  return nnx.split(model, trainable_filter(model), ...)
-
-
-def _leaf_name(path) -> str:
-  last = path[-1]
-  return str(getattr(last, "key", getattr(last, "name", last)))
-
-
-def _is_bias(path, _) -> bool:
-  return _leaf_name(path) == "bias"
-
-
-def make_schedule(opt: ml_collections.ConfigDict,
-                  steps_per_epoch: int) -> optax.Schedule:
-  """Warmup (linear from ``warmup_factor * lr``) then step decay by ``gamma``.
-
-  Decay points are ``opt.lr_decay_steps`` (steps) or, if empty,
-  ``opt.lr_decay_epochs`` times ``steps_per_epoch`` — the seed's
-  ``--lr_decay_step`` counts epochs.
-  """
-  lr = opt.lr * (0.1 if opt.name == "adam" and opt.adam_lr_scale else 1.0)
-  points = list(opt.lr_decay_steps) or [
-      int(e * steps_per_epoch) for e in opt.lr_decay_epochs]
-  decay = optax.piecewise_constant_schedule(
-      lr, {int(p): opt.gamma for p in points if p > 0})
-  if opt.warmup_steps <= 0:
-    return decay
-  warm = optax.linear_schedule(lr * opt.warmup_factor, lr, opt.warmup_steps)
-  return lambda step: jnp.where(step < opt.warmup_steps, warm(step),
-                                decay(step))
-
-
-def make_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The seed's optimizer as an optax chain; returns ``(tx, schedule)``.
-
-  SGD with momentum (PyTorch's form: decay added to the gradient, then the
-  momentum trace) or Adam (the seed's ``--o adam`` uses 0.1x the lr). Weight
-  decay skips biases unless ``bias_decay``; ``double_bias`` doubles the
-  biases' learning rate; ``grad_clip_norm > 0`` clips the global norm first.
-  """
-  schedule = make_schedule(opt, steps_per_epoch)
-  parts = []
-  if opt.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
-  if opt.weight_decay > 0:
-    mask = None if opt.bias_decay else (
-        lambda tree: jax.tree_util.tree_map_with_path(
-            lambda p, x: not _is_bias(p, x), tree))
-    parts.append(optax.add_decayed_weights(opt.weight_decay, mask=mask))
-  if opt.name == "sgd":
-    parts.append(optax.trace(decay=opt.momentum, nesterov=False))
-  elif opt.name == "adam":
-    parts.append(optax.scale_by_adam())
-  else:
-    raise ValueError(f"config.optimizer.name must be 'sgd' or 'adam', got "
-                     f"{opt.name!r}")
-  parts.append(optax.scale_by_learning_rate(schedule))
-  if opt.double_bias:
-    parts.append(optax.masked(
-        optax.scale(2.0),
-        lambda tree: jax.tree_util.tree_map_with_path(_is_bias, tree)))
-  return optax.chain(*parts), schedule
-
+# -- state and step ------------------------------------------------------------
 
 def create_train_state(model, tx, seed: int):
-  graphdef, params, rest = split_model(model)
+  graphdef, params, rest = detector_lib.split_model(model)
   state = TrainState(
       step=jnp.zeros((), jnp.int32), params=params, rest=rest,
       opt_state=tx.init(params),
@@ -193,7 +76,8 @@ def make_train_step(graphdef, tx, schedule) -> Callable:
     grad_norm = optax.tree.norm(grads)
     metrics = dict(aux, grad_norm=grad_norm, lr=schedule(state.step),
                    finite=(jnp.isfinite(aux["loss_total"]) &
-                           jnp.isfinite(grad_norm) & tree_all_finite(params)))
+                           jnp.isfinite(grad_norm) &
+                           checkpoints.tree_all_finite(params)))
     return state.replace(step=state.step + 1, params=params,
                          opt_state=opt_state), metrics
 
@@ -202,324 +86,16 @@ def make_train_step(graphdef, tx, schedule) -> Callable:
 
 def jit_train_step(train_step, mesh, state_shardings=None):
   """``jax.jit`` with the state replicated and donated, batch on ``data``."""
-  rep = replicated(mesh)
+  rep = parallel.replicated(mesh)
   return jax.jit(train_step,
-                 in_shardings=(state_shardings or rep, batch_sharding(mesh)),
+                 in_shardings=(state_shardings or rep,
+                               parallel.batch_sharding(mesh)),
                  out_shardings=(state_shardings or rep, rep),
                  donate_argnums=0,
                  compiler_options=compiler_options.detector_options())
 
 
-# -- checkpoints ---------------------------------------------------------------
-
-def model_pure_dict(model_or_states) -> dict:
-  """The whole model's variables as a nested dict of arrays.
-
-  Independent of which variables are trainable (a checkpoint restores into a
-  config with other ``fixed_blocks``) and of nnx variable types.
-  """
-  if isinstance(model_or_states, nnx.Module):
-    state = nnx.state(model_or_states)
-  else:
-    state = nnx.merge_state(*model_or_states)
-  return nnx.to_pure_dict(state)
-
-
-def load_pure_dict(model, pure: dict) -> None:
-  """Writes ``pure`` (from :func:`model_pure_dict`) into ``model``."""
-  state = nnx.state(model)
-  nnx.replace_by_pure_dict(state, pure)
-  nnx.update(model, state)
-
-
-class CheckpointMismatchError(ValueError):
-  """A readable checkpoint that does not fit this model (another config)."""
-
-
-def _flat_shapes(tree) -> dict[str, tuple]:
-  """``'a/b/0' -> shape`` of every array leaf (keys as strings, as stored)."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    key = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(
-        k, "idx", k)))) for k in path)
-    out[key] = tuple(getattr(leaf, "shape", ()))
-  return out
-
-
-def _shape_differences(stored: dict, wanted: dict, limit: int = 8) -> str:
-  lines = []
-  for k in sorted(set(stored) | set(wanted)):
-    if k not in wanted:
-      lines.append(f"{k}: in the checkpoint only {stored[k]}")
-    elif k not in stored:
-      lines.append(f"{k}: not in the checkpoint (this model: {wanted[k]})")
-    elif stored[k] != wanted[k]:
-      lines.append(f"{k}: {stored[k]} in the checkpoint, {wanted[k]} now")
-  more = f"\n  ... {len(lines) - limit} more" if len(lines) > limit else ""
-  return "\n  ".join(lines[:limit]) + more
-
-
-class Checkpointer:
-  """orbax ``CheckpointManager`` for the train state and a JSON ``meta``.
-
-  A step folder holds three items: ``model`` (every variable of the detector,
-  :func:`model_pure_dict`: all that inference needs, and what ``python -m
-  frcnn_jax.weights convert`` writes), ``train`` (``{'step', 'opt_state',
-  'rng'}``) and ``meta`` (JSON: data iterator state, class names, config), so
-  a restart resumes the data exactly where the checkpoint was taken. Writes
-  are asynchronous (arrays are copied to host memory before :meth:`save`
-  returns); orbax finalises a step atomically, so a run killed mid-write
-  leaves only a temporary folder, which the next writer removes.
-
-  Restoring takes the newest step that reads back. A step that does not
-  (truncated or missing files, a cut JSON) is *unreadable*; with
-  ``repair=True`` (training) it is moved aside to
-  ``<checkpoints>.unreadable/<step>-<time>`` — renamed, never deleted — so
-  that the run saves that step again normally; read-only users (eval, demo)
-  only skip it. A step that reads back but does not fit the model (written
-  with another config) is not damage: it raises
-  :class:`CheckpointMismatchError` naming the differing arrays, and nothing
-  is moved.
-  """
-
-  ITEMS = ("model", "train", "meta")
-
-  def __init__(self, directory: str, *, max_to_keep: int | None = 3,
-               async_save: bool = True, read_only: bool = False):
-    self.directory = os.path.abspath(directory)
-    self.read_only = read_only
-    self.manager = self._open(max_to_keep, async_save)
-
-  def _open(self, max_to_keep, async_save):
-    return ocp.CheckpointManager(
-        self.directory,
-        item_handlers={"model": ocp.StandardCheckpointHandler(),
-                       "train": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=not self.read_only,
-            read_only=self.read_only,
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=not self.read_only))
-
-  def all_steps(self) -> list[int]:
-    return sorted(self.manager.all_steps())
-
-  def save(self, step: int, state: TrainState, meta: dict,
-           force: bool = False) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(model_pure_dict((state.params,
-                                                     state.rest))),
-        train=ocp.args.StandardSave({"step": state.step,
-                                     "opt_state": state.opt_state,
-                                     "rng": state.rng}),
-        meta=ocp.args.JsonSave(meta)), force=force)
-
-  # -- reading ---------------------------------------------------------------
-
-  def _stored_shapes(self, step: int, item: str) -> dict[str, tuple]:
-    md = self.manager.item_metadata(step)[item]
-    if md is None:
-      raise ValueError(f"no metadata for item {item!r}")
-    return _flat_shapes(getattr(md, "tree", md))
-
-  def _reads_back(self, step: int, items: tuple[str, ...]) -> str | None:
-    """None if ``step``'s items restore in their own stored shapes, else why.
-
-    Restores onto one device with the stored shapes and dtypes, so a
-    checkpoint written on another device layout is not mistaken for damage.
-    """
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    try:
-      md = self.manager.item_metadata(step)
-      args = {}
-      for item in items:
-        if item == "meta":
-          args[item] = ocp.args.JsonRestore()
-          continue
-        tree = getattr(md[item], "tree", md[item])
-        args[item] = ocp.args.StandardRestore(jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-            tree))
-      self.manager.restore(step, args=ocp.args.Composite(**args))
-      return None
-    except Exception as e:  # pylint: disable=broad-except
-      return f"{type(e).__name__}: {e}"
-
-  def move_aside(self, step: int, why: str) -> str:
-    """Renames step ``step``'s folder out of the manager's sight; returns where.
-
-    Process 0 renames (the folder is shared); every process then re-reads
-    the step list.
-    """
-    src = os.path.join(self.directory, str(step))
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    dst = os.path.join(self.directory + ".unreadable", f"{step}-{stamp}")
-    if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(dst), exist_ok=True)
-      os.rename(src, dst)
-      with open(os.path.join(dst, "WHY.txt"), "w") as f:
-        f.write(why + "\n")
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices(f"frcnn_jax_move_aside_{step}")
-    self.manager.reload()
-    log.warning("checkpoint step %d moved aside to %s: %s", step, dst, why)
-    return dst
-
-  def _restore_newest(self, step, items, targets: dict, repair: bool,
-                      check_finite: bool = False):
-    """``(step, restored items)`` of the newest usable step, or None."""
-    steps = self.all_steps()
-    if step is not None:
-      if step not in steps:
-        raise FileNotFoundError(
-            f"no checkpoint for step {step} in {self.directory} "
-            f"(available: {steps or 'none'})")
-      steps = [step]
-    skipped = []
-    for s in reversed(steps):
-      self._check_shapes(s, targets)
-      args = {k: (ocp.args.JsonRestore() if k == "meta" else
-                  ocp.args.StandardRestore(targets[k])) for k in items}
-      try:
-        out = self.manager.restore(s, args=ocp.args.Composite(**args))
-      except Exception as e:  # pylint: disable=broad-except
-        why = self._reads_back(s, items)
-        if why is None:
-          raise self._mismatch(s, targets, e) from None
-        out, why = None, f"unreadable ({why[:300]})"
-      else:
-        why = None
-        if check_finite and not bool(tree_all_finite(out["model"])):
-          why = "holds non-finite parameters"
-      if why is None:
-        if skipped:
-          log.warning("using the checkpoint of step %d instead", s)
-        return s, out
-      msg = f"checkpoint {self.directory}/{s} cannot be restored: {why}"
-      skipped.append(msg)
-      if repair and not self.read_only:
-        self.move_aside(s, msg)
-      else:
-        log.warning(msg)
-    if skipped:
-      raise RuntimeError("no readable checkpoint:\n" + "\n".join(skipped))
-    return None
-
-  def _check_shapes(self, step: int, targets: dict) -> None:
-    """Raises CheckpointMismatchError when a stored array has another shape.
-
-    Only from metadata (cheap), and only for arrays both trees have: other
-    differences of the trees are judged by the restore itself. Unreadable
-    metadata is left for the restore to report as damage.
-    """
-    for item, target in targets.items():
-      try:
-        stored = self._stored_shapes(step, item)
-      except Exception:  # pylint: disable=broad-except
-        return
-      wanted = _flat_shapes(target)
-      if any(stored[k] != wanted[k] for k in stored.keys() & wanted.keys()):
-        raise self._mismatch(step, targets, None)
-
-  def _mismatch(self, step, targets, error) -> CheckpointMismatchError:
-    parts = []
-    for item, target in targets.items():
-      try:
-        diff = _shape_differences(self._stored_shapes(step, item),
-                                  _flat_shapes(target))
-      except Exception:  # pylint: disable=broad-except
-        diff = ""
-      if diff:
-        parts.append(f"{item}:\n  {diff}")
-    detail = "\n".join(parts) or f"{type(error).__name__}: {error}"[:600]
-    return CheckpointMismatchError(
-        f"checkpoint {self.directory}/{step} was written by a model of "
-        f"other shapes than this config builds (nothing was changed on "
-        f"disk):\n{detail}\nRun with the config it was trained with (its "
-        f"config.json), or start a new --workdir.")
-
-  def restore(self, model, abstract_train: dict, step: int | None = None,
-              sharding=None, repair: bool = False):
-    """Restores a training run: the model in place, and the rest.
-
-    Args:
-      model: the detector; its variables are overwritten.
-      abstract_train: ``{'step', 'opt_state', 'rng'}`` of abstract arrays.
-      step: a step, or None for the newest usable one.
-      sharding: sharding of the restored model arrays.
-      repair: move unreadable or non-finite steps aside (training).
-
-    Returns:
-      ``(step, train, meta)``, or ``None`` when there is no checkpoint.
-
-    Raises:
-      FileNotFoundError: ``step`` was given and does not exist.
-      CheckpointMismatchError: the checkpoint belongs to another config.
-      RuntimeError: checkpoints exist but none can be read.
-    """
-    target = abstract_like(model_pure_dict(model), sharding)
-    steps = self.all_steps()
-    if steps and not os.path.isdir(os.path.join(self.directory,
-                                                str(steps[-1]), "train")):
-      raise ValueError(
-          f"{self.directory} holds converted weights without a training "
-          f"state; start a new workdir with --config.init_from="
-          f"{os.path.dirname(self.directory)}")
-    got = self._restore_newest(
-        step, self.ITEMS, {"model": target, "train": abstract_train},
-        repair=repair, check_finite=repair)
-    if got is None:
-      return None
-    s, out = got
-    load_pure_dict(model, out["model"])
-    return s, out["train"], out["meta"]
-
-  def restore_model(self, model, step: int | None = None, sharding=None):
-    """Restores only the model, in place (inference, or initialising).
-
-    Returns:
-      ``(step, meta)``, or ``None`` when there is no checkpoint.
-    """
-    target = abstract_like(model_pure_dict(model), sharding)
-    got = self._restore_newest(step, ("model", "meta"), {"model": target},
-                               repair=False)
-    if got is None:
-      return None
-    s, out = got
-    load_pure_dict(model, out["model"])
-    return s, out["meta"]
-
-  def read_meta(self, step: int | None = None) -> dict:
-    """The JSON ``meta`` of ``step`` (default: newest); {} if there is none."""
-    steps = self.all_steps()
-    if not steps:
-      return {}
-    step = steps[-1] if step is None else step
-    return self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
-
-
-def abstract_like(tree, sharding=None):
-  """``jax.ShapeDtypeStruct`` twin of ``tree`` (for restoring)."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      tree)
-
-
 # -- the loop ------------------------------------------------------------------
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, "checkpoints")
-
 
 def total_steps(config, steps_per_epoch: int) -> int:
   if config.train.num_steps > 0:
@@ -533,7 +109,8 @@ def _host_scalars(metrics: dict) -> dict[str, float]:
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training diverged; the message names the step and the last good checkpoint."""
+  """Training diverged; the message names the step and the last good
+  checkpoint."""
 
 
 class _NonFiniteStep(Exception):
@@ -559,7 +136,6 @@ def take_lock(workdir: str) -> run_lock.WorkdirLock | None:
     except run_lock.WorkdirLockedError as e:
       error = str(e)
   if nproc > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     ok = multihost_utils.broadcast_one_to_all(np.int32(not error))
     if not int(ok) and not error:
       error = (f"{workdir} is in use by another training run (process 0 "
@@ -601,13 +177,9 @@ class _Trainer:
   """One training run in a locked workdir: setup, the loop, its side work."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    # Imported here: the data package and the weights module are only needed
-    # by the loop, and importing them has a cost.
-    from frcnn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-    from frcnn_jax import metric_writers  # pylint: disable=g-import-not-at-top
     self.config, self.workdir = config, workdir
     self.pid, nproc = jax.process_index(), jax.process_count()
-    self.mesh = create_mesh(config.mesh.num_devices)
+    self.mesh = parallel.create_mesh(config.mesh.num_devices)
     self.gbs = config.train.batch_size
     if self.gbs % self.mesh.size:
       raise ValueError(f"config.train.batch_size={self.gbs} must be a "
@@ -616,14 +188,14 @@ class _Trainer:
         config.data, seed=config.seed, global_batch_size=self.gbs,
         process_index=self.pid, process_count=nproc)
     self.steps = total_steps(config, self.loader.steps_per_epoch)
-    self.tx, schedule = make_optimizer(config.optimizer,
+    self.tx, schedule = optimizer_lib.make_optimizer(config.optimizer,
                                        self.loader.steps_per_epoch)
-    self.ckpt = Checkpointer(checkpoint_dir(workdir),
+    self.ckpt = checkpoints.Checkpointer(checkpoints.checkpoint_dir(workdir),
                              max_to_keep=config.checkpoint.max_to_keep,
                              async_save=config.checkpoint.async_save)
     model = detector_lib.build_detector(config, self.loader.num_classes)
-    _, params, _ = split_model(model)
-    self.abstract_train = abstract_like(
+    _, params, _ = detector_lib.split_model(model)
+    self.abstract_train = checkpoints.abstract_like(
         {"step": jnp.zeros((), jnp.int32), "opt_state": self.tx.init(params),
          "rng": jax.random.key_data(jax.random.key(0))})
     del params
@@ -646,7 +218,6 @@ class _Trainer:
     self.rollbacks_left = int(config.train.nonfinite_rollbacks)
     self.eval_loader = self.predict_fn = None
     if config.train.eval_every > 0:
-      from frcnn_jax import eval_lib  # pylint: disable=g-import-not-at-top
       self.eval_loader = data_lib.build_eval_loader(
           config.data, config.data.val_split,
           batch_size=config.test.batch_size, process_index=self.pid,
@@ -656,10 +227,9 @@ class _Trainer:
   # -- state -----------------------------------------------------------------
 
   def _fresh_state(self, model):
-    from frcnn_jax import weights  # pylint: disable=g-import-not-at-top
     weights.initialize_model(model, self.config)
     graphdef, state = create_train_state(model, self.tx, self.config.seed)
-    return graphdef, jax.device_put(state, replicated(self.mesh)), 0
+    return graphdef, jax.device_put(state, parallel.replicated(self.mesh)), 0
 
   def _restore(self, model):
     """``(graphdef, state, step)`` of the newest usable checkpoint, or None."""
@@ -667,13 +237,13 @@ class _Trainer:
     if got is None:
       return None
     step, train_items, meta = got
-    graphdef, params, rest = split_model(model)
+    graphdef, params, rest = detector_lib.split_model(model)
     state = TrainState(step=train_items["step"], params=params, rest=rest,
                        opt_state=train_items["opt_state"],
                        rng=train_items["rng"])
     self.loader.set_state(meta["data_iter"])
     log.info("resumed from step %d of %s", step, self.ckpt.directory)
-    return graphdef, jax.device_put(state, replicated(self.mesh)), step
+    return graphdef, jax.device_put(state, parallel.replicated(self.mesh)), step
 
   def _save(self, step: int, force: bool = False) -> None:
     # What was logged up to a checkpoint is on disk before it: a run killed
@@ -741,10 +311,9 @@ class _Trainer:
     while self.loader.step in self.skipped:
       self.loader.skip()
     position = self.loader.step
-    return position, global_batch(next(self.loader), self.mesh)
+    return position, parallel.global_batch(next(self.loader), self.mesh)
 
   def _evaluate(self, done: int) -> dict:
-    from frcnn_jax import eval_lib  # pylint: disable=g-import-not-at-top
     m = eval_lib.evaluate(
         self.predict_fn, self.state.params, self.state.rest, self.eval_loader,
         self.mesh, metric=self.config.test.metric,
@@ -801,7 +370,6 @@ class _Trainer:
 
   def run(self) -> dict[str, Any]:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    from frcnn_jax import vis  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=self.steps, initial=self.start, unit="step",
                desc="train", disable=self.pid != 0, dynamic_ncols=True)
     try:

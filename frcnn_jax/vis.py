@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 LOSS_KEYS: tuple[str, ...] = (
     "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_total")
-"""Loss names (DESIGN.md) that `plot_loss_curves` draws, one panel each."""
+"""Loss names (`modeling.detector.LOSS_NAMES`) that `plot_loss_curves` draws."""
 
 LR_KEYS: tuple[str, ...] = ("lr", "learning_rate")
 THROUGHPUT_KEYS: tuple[str, ...] = (

@@ -7,7 +7,10 @@ A box with ``x2 = x1 - 1`` is empty; one with ``x2 < x1 - 1`` is "inverted"
 and is treated as empty (zero width) by every function here.
 
 Every function is pure ``jax.numpy``, shape-static, and works under ``jax.jit``
-and ``jax.vmap``. Leading dimensions ``[...]`` broadcast where stated.
+and ``jax.vmap``. Leading dimensions ``[...]`` broadcast where stated. The two
+COCO format conversions (:func:`xyxy_to_xywh`, :func:`xywh_to_xyxy`) are the
+host-side exception: NumPy float64, used where COCO's ``[x, y, w, h]`` enters
+(the readers) and leaves (evaluation, dataset writers).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 from typing import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 # Largest log-scale a decoded box may grow by: exp(dw) <= 1000/16, the same
 # bound as Detectron's BBOX_XFORM_CLIP. Keeps exp() finite for wild deltas.
@@ -95,6 +99,43 @@ def clip(boxes: jnp.ndarray, height, width) -> jnp.ndarray:
   x2 = jnp.clip(boxes[..., 2], 0.0, xmax)
   y2 = jnp.clip(boxes[..., 3], 0.0, ymax)
   return jnp.stack([x1, y1, x2, y2], axis=-1)
+
+
+def xyxy_to_xywh(boxes) -> np.ndarray:
+  """Inclusive (x1, y1, x2, y2) -> COCO [x, y, w, h] with w = x2 - x1 + 1.
+
+  Host-side NumPy (the evaluation and dataset-writing boundary).
+
+  Args:
+    boxes: [..., 4] float, inclusive-pixel corners.
+
+  Returns:
+    [..., 4] float64, [x1, y1, w, h]. Widths/heights of inverted boxes
+    (x2 < x1 - 1) are clamped to 0, never negative.
+  """
+  b = np.asarray(boxes, dtype=np.float64)
+  w = np.maximum(b[..., 2] - b[..., 0] + 1.0, 0.0)
+  h = np.maximum(b[..., 3] - b[..., 1] + 1.0, 0.0)
+  return np.stack([b[..., 0], b[..., 1], w, h], axis=-1)
+
+
+def xywh_to_xyxy(boxes) -> np.ndarray:
+  """COCO [x, y, w, h] -> inclusive (x1, y1, x2, y2) = (x, y, x + w - 1, y + h - 1).
+
+  Host-side NumPy (the dataset-reading boundary). Non-finite and negative
+  values pass through (the readers count and drop such boxes).
+
+  Args:
+    boxes: [..., 4] float, COCO boxes.
+
+  Returns:
+    [..., 4] float64 inclusive-pixel corners; the inverse of `xyxy_to_xywh`
+    for boxes with w, h >= 0.
+  """
+  b = np.asarray(boxes, dtype=np.float64)
+  with np.errstate(invalid="ignore", over="ignore"):
+    return np.stack([b[..., 0], b[..., 1], b[..., 0] + b[..., 2] - 1.0,
+                     b[..., 1] + b[..., 3] - 1.0], axis=-1)
 
 
 def _centers_sizes(boxes):

@@ -9,6 +9,7 @@ from flax import nnx
 
 from frcnn_jax import compiler_options
 from frcnn_jax import eval_lib
+from frcnn_jax import parallel
 from frcnn_jax import train_lib
 
 NAME, VALUE = next(iter(compiler_options.CPU_OPTIONS.items()))
@@ -43,7 +44,7 @@ def _eltwise(a, b, c):
 def test_train_step_and_predict_compile_with_it():
   # The jitted train step and predict carry the option: XLA hands the
   # element-wise chain to a library (YNNPACK) fusion instead of a loop fusion.
-  mesh = train_lib.create_mesh()
+  mesh = parallel.create_mesh()
   x = jnp.ones((2, 64, 128), jnp.float32)
 
   def train_step(state, batch):

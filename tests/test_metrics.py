@@ -95,25 +95,6 @@ def reference_voc_eval(gt, dets, c, thr, use_07):
   return ap
 
 
-# ---------------------------------------------------------------------------
-# Box conversion
-# ---------------------------------------------------------------------------
-
-
-def test_xywh_round_trip(rng):
-  xywh = np.concatenate([rng.uniform(0, 500, (50, 2)),
-                         rng.uniform(1, 300, (50, 2))], axis=1)
-  xyxy = M.xywh_to_xyxy(xywh)
-  np.testing.assert_allclose(xyxy[:, 2], xywh[:, 0] + xywh[:, 2] - 1)
-  np.testing.assert_allclose(M.xyxy_to_xywh(xyxy), xywh, rtol=0, atol=1e-9)
-  # The seed's convention: a one-pixel box [5, 5, 5, 5] has w = h = 1.
-  np.testing.assert_array_equal(M.xyxy_to_xywh([5, 7, 5, 7]), [5, 7, 1, 1])
-
-
-def test_xyxy_to_xywh_clamps_inverted():
-  np.testing.assert_array_equal(M.xyxy_to_xywh([10, 10, 3, 20]), [10, 10, 0, 11])
-
-
 def test_detections_to_coco_skips_padding_and_maps_classes():
   image_ids = np.array([7, 9, -1])
   boxes = np.zeros((3, 3, 4), np.float32)

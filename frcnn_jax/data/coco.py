@@ -19,6 +19,7 @@ Categories sorted by id become contiguous classes ``1..K-1``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -27,8 +28,12 @@ import os
 
 import numpy as np
 
-from frcnn_jax.data import source as source_lib
-from frcnn_jax.data.source import DataError, DropStats, Record
+from frcnn_jax.data import images as images_lib
+from frcnn_jax.data import records as records_lib
+from frcnn_jax.data.records import DataError
+from frcnn_jax.data.records import DropStats
+from frcnn_jax.data.records import Record
+from ops import boxes as box_ops
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,7 @@ def _need(d, key, where, types, ann_file):
 
 def read_coco(ann_file: str, image_dir: str, *, name: str = '',
               exif_transpose: bool = True,
-              verify_images: str = 'exists') -> source_lib.DetectionSource:
+              verify_images: str = 'exists') -> records_lib.DetectionSource:
   """Reads a COCO instances json into a ``DetectionSource``.
 
   Args:
@@ -77,7 +82,7 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
     exif_transpose: apply EXIF orientation when decoding (annotations refer
       to the displayed image).
     verify_images: ``'none'``, ``'exists'``, ``'header'`` or ``'full'``; see
-      ``source.check_files``.
+      ``images.check_files``.
 
   Raises:
     DataError: malformed json, a missing or mistyped field (the message names
@@ -102,8 +107,24 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
                 'image_info_test-dev2017.json); it can be evaluated '
                 '(detections are written for submission, no AP) but not '
                 'trained on', ann_file)
+  cat_ids, class_names = _read_categories(cats, ann_file)
+  table = _read_images(images, image_dir, ann_file)
+  ann = _read_annotations(anns, table, cat_ids, ann_file, stats)
+  # After the checks above, so that their messages name the file's own ids.
+  complete_annotations(anns, ann_file, stats)
+  records = _records(table, ann, ann_file, stats)
+  reader = images_lib.ImageReader(exif_transpose=exif_transpose)
+  images_lib.check_files(records, verify_images, reader, name)
+  return records_lib.DetectionSource(
+      name=name, records=records, class_names=class_names, cat_ids=cat_ids,
+      reader=reader, stats=stats,
+      coco_gt_fn=functools.partial(_coco_gt_from_file, ann_file),
+      has_annotations=has_annotations)
 
-  # Categories -> contiguous ids, sorted by category id.
+
+def _read_categories(cats: list, ann_file: str) -> tuple[list[int],
+                                                        list[str]]:
+  """(category ids sorted, their names): contiguous class k+1 is entry k."""
   cat_list = []
   for i, c in enumerate(cats):
     cid = _need(c, 'id', f'categories[{i}]', numbers.Integral, ann_file)
@@ -113,48 +134,73 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
   cat_ids = [c for c, _ in cat_list]
   if len(set(cat_ids)) != len(cat_ids):
     raise DataError(f'{ann_file}: categories: duplicate category ids')
-  contiguous = {c: i + 1 for i, c in enumerate(cat_ids)}
+  return cat_ids, [n for _, n in cat_list]
 
-  # Images.
-  index_of = {}
-  heights = np.zeros(len(images), np.int64)
-  widths = np.zeros(len(images), np.int64)
-  ids = np.zeros(len(images), np.int64)
-  paths = []
+
+@dataclasses.dataclass
+class _ImageTable:
+  """The ``images`` of a COCO file, as arrays (index i = images[i])."""
+  ids: np.ndarray        # int64 [n]
+  heights: np.ndarray    # int64 [n]
+  widths: np.ndarray     # int64 [n]
+  paths: list[str]
+  index_of: dict[int, int]
+
+
+def _read_images(images: list, image_dir: str, ann_file: str) -> _ImageTable:
+  t = _ImageTable(ids=np.zeros(len(images), np.int64),
+                  heights=np.zeros(len(images), np.int64),
+                  widths=np.zeros(len(images), np.int64), paths=[],
+                  index_of={})
   for i, im in enumerate(images):
     iid = _need(im, 'id', f'images[{i}]', numbers.Integral, ann_file)
     where = f'images[{i}] (image_id {iid})'
-    if not 0 <= iid <= source_lib.INT32_MAX:
+    if not 0 <= iid <= records_lib.INT32_MAX:
       raise DataError(f'{ann_file}: {where}: field "id" must be in '
                       f'[0, 2**31): batches carry int32 image ids')
-    if iid in index_of:
+    if iid in t.index_of:
       raise DataError(f'{ann_file}: {where}: duplicate image id')
     fn = _need(im, 'file_name', where, str, ann_file)
-    for key, arr in (('height', heights), ('width', widths)):
+    for key, arr in (('height', t.heights), ('width', t.widths)):
       v = _need(im, key, where, numbers.Real, ann_file)
       if not (np.isfinite(v) and v >= 1 and float(v).is_integer()):
         raise DataError(f'{ann_file}: {where}: field {key!r} must be a '
                         f'positive integer, got {v!r}')
       arr[i] = int(v)
-    index_of[iid] = i
-    ids[i] = iid
-    paths.append(os.path.join(image_dir, fn))
+    t.index_of[iid] = i
+    t.ids[i] = iid
+    t.paths.append(os.path.join(image_dir, fn))
+  return t
 
-  # Annotations: fields, then numbers (vectorized over all of them).
-  a_img = np.zeros(len(anns), np.int64)
-  a_cls = np.zeros(len(anns), np.int64)
-  a_crowd = np.zeros(len(anns), bool)
-  a_ok = np.ones(len(anns), bool)
-  a_id = []
+
+@dataclasses.dataclass
+class _Annotations:
+  """The ``annotations`` of a COCO file as arrays (index j = annotations[j])."""
+  image: np.ndarray      # int64 [m] index into the image table
+  cls: np.ndarray        # int64 [m] contiguous class
+  crowd: np.ndarray      # bool [m]
+  ok: np.ndarray         # bool [m] known image and category
+  ids: list              # the file's annotation ids (for messages)
+  boxes: np.ndarray      # float64 [m, 4] inclusive corners, unchecked
+
+
+def _read_annotations(anns: list, table: _ImageTable, cat_ids: list[int],
+                      ann_file: str, stats: DropStats) -> _Annotations:
+  """Checks every annotation's fields; unknown images/categories dropped."""
+  contiguous = {c: i + 1 for i, c in enumerate(cat_ids)}
+  a = _Annotations(image=np.zeros(len(anns), np.int64),
+                   cls=np.zeros(len(anns), np.int64),
+                   crowd=np.zeros(len(anns), bool),
+                   ok=np.ones(len(anns), bool), ids=[], boxes=None)
   bboxes = []
-  for j, a in enumerate(anns):
-    aid = a.get('id', j) if isinstance(a, dict) else j
-    a_id.append(aid)
+  for j, an in enumerate(anns):
+    aid = an.get('id', j) if isinstance(an, dict) else j
+    a.ids.append(aid)
     where = f'annotations[{j}] (annotation id {aid})'
-    iid = _need(a, 'image_id', where, numbers.Integral, ann_file)
+    iid = _need(an, 'image_id', where, numbers.Integral, ann_file)
     where = f'annotations[{j}] (annotation id {aid}, image_id {iid})'
-    cid = _need(a, 'category_id', where, numbers.Integral, ann_file)
-    bb = _need(a, 'bbox', where, (list, tuple), ann_file)
+    cid = _need(an, 'category_id', where, numbers.Integral, ann_file)
+    bb = _need(an, 'bbox', where, (list, tuple), ann_file)
     if len(bb) != 4:
       raise DataError(f'{ann_file}: {where}: field "bbox" must have 4 '
                       f'numbers [x, y, w, h], got {bb!r}')
@@ -163,70 +209,62 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
     except (TypeError, ValueError):
       raise DataError(f'{ann_file}: {where}: field "bbox" must have 4 '
                       f'numbers [x, y, w, h], got {bb!r}') from None
-    crowd = a.get('iscrowd', 0)
+    crowd = an.get('iscrowd', 0)
     if crowd not in (0, 1, True, False):
       raise DataError(f'{ann_file}: {where}: field "iscrowd" must be 0 or 1, '
                       f'got {crowd!r}')
-    if iid not in index_of:
+    if iid not in table.index_of:
       stats.add('annotation_unknown_image', example=f'{ann_file}: {where}: '
                 'field image_id names no image of the file')
-      a_ok[j] = False
+      a.ok[j] = False
       continue
     if cid not in contiguous:
       stats.add('box_unknown_category', example=f'{ann_file}: {where}: field '
                 f'category_id {cid} is not in categories')
-      a_ok[j] = False
+      a.ok[j] = False
       continue
-    a_img[j] = index_of[iid]
-    a_cls[j] = contiguous[cid]
-    a_crowd[j] = bool(crowd)
+    a.image[j] = table.index_of[iid]
+    a.cls[j] = contiguous[cid]
+    a.crowd[j] = bool(crowd)
+  a.boxes = box_ops.xywh_to_xyxy(np.asarray(bboxes, np.float64).reshape(-1, 4))
+  return a
 
-  # After the checks above, so that their messages name the file's own ids.
-  complete_annotations(anns, ann_file, stats)
-  xywh = np.asarray(bboxes, np.float64).reshape(-1, 4)
-  with np.errstate(invalid='ignore', over='ignore'):
-    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1], 1)
 
+def _records(t: _ImageTable, a: _Annotations, ann_file: str,
+             stats: DropStats) -> list[Record]:
+  """Sanitised boxes (vectorised over all annotations) grouped by image."""
   def where_of(sub):
     def f(k):
       j = sub[k]
-      iid = ids[a_img[j]]
-      return (f'{ann_file}: annotation id {a_id[j]}, image_id {iid} '
-              f'({paths[a_img[j]]})')
+      return (f'{ann_file}: annotation id {a.ids[j]}, image_id '
+              f'{t.ids[a.image[j]]} ({t.paths[a.image[j]]})')
     return f
 
-  sel = np.flatnonzero(a_ok)
-  sub_boxes = boxes[sel]  # A copy; sanitize_boxes clips it in place.
-  keep = source_lib.sanitize_boxes(sub_boxes, heights[a_img[sel]],
-                                   widths[a_img[sel]], stats, where_of(sel))
-  crowd_sel = a_crowd[sel]
+  sel = np.flatnonzero(a.ok)
+  sub_boxes = a.boxes[sel]  # A copy; sanitize_boxes clips it in place.
+  keep = records_lib.sanitize_boxes(sub_boxes, t.heights[a.image[sel]],
+                                    t.widths[a.image[sel]], stats,
+                                    where_of(sel))
+  crowd_sel = a.crowd[sel]
   n_crowd = int((keep & crowd_sel).sum())
   if n_crowd:
     stats.add('box_crowd', n_crowd, example=f'{ann_file}: {n_crowd} iscrowd '
               'boxes kept out of the training targets (kept for evaluation)',
               level=logging.INFO)
-  crowd_counts = np.bincount(a_img[sel][keep & crowd_sel],
-                             minlength=len(images))
+  n = len(t.ids)
+  crowd_counts = np.bincount(a.image[sel][keep & crowd_sel], minlength=n)
   use = keep & ~crowd_sel
-  per_boxes, per_cls = source_lib.group_boxes(
-      a_img[sel][use], len(images), sub_boxes[use].astype(np.float32),
-      a_cls[sel][use].astype(np.int32))
-
+  per_boxes, per_cls = records_lib.group_boxes(
+      a.image[sel][use], n, sub_boxes[use].astype(np.float32),
+      a.cls[sel][use].astype(np.int32))
   records = [
-      Record(image_id=int(ids[i]), path=paths[i], index=None,
-             height=int(heights[i]), width=int(widths[i]),
+      Record(image_id=int(t.ids[i]), path=t.paths[i], index=None,
+             height=int(t.heights[i]), width=int(t.widths[i]),
              boxes=per_boxes[i].reshape(-1, 4), classes=per_cls[i],
              difficult=np.zeros(len(per_cls[i]), bool))
-      for i in range(len(images))]
-  source_lib.count_image_stats(records, stats, crowd_counts)
-  reader = source_lib.ImageReader(exif_transpose=exif_transpose)
-  source_lib.check_files(records, verify_images, reader, name)
-  class_names = [n for _, n in cat_list]
-  return source_lib.DetectionSource(
-      name=name, records=records, class_names=class_names, cat_ids=cat_ids,
-      reader=reader, stats=stats,
-      coco_gt_fn=functools.partial(_coco_gt_from_file, ann_file),
-      has_annotations=has_annotations)
+      for i in range(n)]
+  records_lib.count_image_stats(records, stats, crowd_counts)
+  return records
 
 
 def complete_annotations(anns: list, ann_file: str,
@@ -297,7 +335,7 @@ def _coco_gt_from_file(ann_file: str):
   d = load_json(ann_file)
   if isinstance(d.get('annotations'), list):
     complete_annotations(d['annotations'], ann_file)
-  return source_lib.coco_from_dict(d)
+  return records_lib.coco_from_dict(d)
 
 
 def coco_paths(root: str, split: str) -> tuple[str, str]:
@@ -306,7 +344,7 @@ def coco_paths(root: str, split: str) -> tuple[str, str]:
   return ann, os.path.join(root, _IMAGE_DIR.get(split, split))
 
 
-def build_coco_source(data_config, split: str) -> source_lib.DetectionSource:
+def build_coco_source(data_config, split: str) -> records_lib.DetectionSource:
   """COCO-format source of ``split`` (``'a+b'`` joins splits) under root."""
   parts = [s for s in split.split('+') if s]
   if not parts:
@@ -318,4 +356,4 @@ def build_coco_source(data_config, split: str) -> source_lib.DetectionSource:
         ann, img_dir, name=f'{data_config.name}:{part} ({ann})',
         exif_transpose=bool(data_config.get('exif_transpose', True)),
         verify_images=str(data_config.get('verify_images', 'exists'))))
-  return source_lib.combine_sources(sources, f'{data_config.name}:{split}')
+  return records_lib.combine_sources(sources, f'{data_config.name}:{split}')

@@ -31,6 +31,7 @@ number of worker processes or hosts of either run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import sys
@@ -39,9 +40,13 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
-from frcnn_jax.data import source as source_lib
+from frcnn_jax.data import datasets
+from frcnn_jax.data import images as images_lib
+from frcnn_jax.data import records as records_lib
 from frcnn_jax.data import transforms
-from frcnn_jax.data.source import DataError, DropStats, Record
+from frcnn_jax.data.records import DataError
+from frcnn_jax.data.records import DropStats
+from frcnn_jax.data.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +91,7 @@ def _stack(rows: list[dict]) -> dict:
 class _BatchMaker:
   """Loads and transforms the images of one batch (runs in grain workers)."""
 
-  def __init__(self, table: RecordTable, reader: source_lib.ImageReader,
+  def __init__(self, table: RecordTable, reader: images_lib.ImageReader,
                params: transforms.TransformParams, seed: int | None):
     self.table = table
     self.reader = reader
@@ -236,7 +241,7 @@ def assign_buckets(records: Sequence[Record],
   return out
 
 
-def training_records(source: source_lib.DetectionSource, data_config,
+def training_records(source: records_lib.DetectionSource, data_config,
                      stats: DropStats) -> list[Record]:
   """Records as training sees them: difficult boxes (unless use_difficult)
   removed, empty images skipped (``skip_empty``) or kept as negatives."""
@@ -284,11 +289,11 @@ class TrainLoader:
 
   def __init__(self, data_config, *, seed: int, global_batch_size: int,
                process_index: int = 0, process_count: int = 1,
-               source: source_lib.DetectionSource | None = None):
+               source: records_lib.DetectionSource | None = None):
     _check_hosts(global_batch_size, process_index, process_count)
     self._config = data_config
     self.params = transforms.TransformParams.from_config(data_config)
-    self.source = source or source_lib.build_source(
+    self.source = source or datasets.build_source(
         data_config, data_config.train_split)
     if not self.source.has_annotations:
       raise DataError(
@@ -426,11 +431,11 @@ class EvalLoader:
 
   def __init__(self, data_config, split: str, *, batch_size: int,
                process_index: int = 0, process_count: int = 1,
-               source: source_lib.DetectionSource | None = None):
+               source: records_lib.DetectionSource | None = None):
     _check_hosts(batch_size, process_index, process_count)
     self._config = data_config
     self.params = transforms.TransformParams.from_config(data_config)
-    self.source = source or source_lib.build_source(data_config, split)
+    self.source = source or datasets.build_source(data_config, split)
     records = self.source.records
     self.stats = DropStats()
     self.stats.update(self.source.stats)
@@ -492,3 +497,59 @@ def build_eval_loader(data_config, split: str, *, batch_size: int,
   """
   return EvalLoader(data_config, split, batch_size=batch_size,
                     process_index=process_index, process_count=process_count)
+
+
+# -- arbitrary images (demo, the Python API) ------------------------------------
+
+def canvas_for(h: int, w: int, buckets) -> tuple[int, int]:
+  """The config's smallest bucket holding ``h x w``, else a 64-px multiple."""
+  i = transforms.choose_bucket(h, w, [tuple(b) for b in buckets])
+  if i >= 0:
+    return tuple(buckets[i])
+  return (-(-h // 64) * 64, -(-w // 64) * 64)
+
+
+def prepare_image(image: np.ndarray, data_config) -> tuple[np.ndarray,
+                                                           np.ndarray]:
+  """Resize as evaluation does; returns ``(resized, im_info)``."""
+  h, w = image.shape[:2]
+  s = transforms.compute_scale(h, w, data_config.scale, data_config.max_size)
+  rh, rw = transforms.resized_size(h, w, s)
+  return transforms.resize_image(image, rh, rw), np.array([rh, rw, s],
+                                                          np.float32)
+
+
+def image_batches(images: Sequence[tuple[Any, np.ndarray]], data_config,
+                  batch_size: int) -> Iterator[tuple[list[Any], dict]]:
+  """Fixed-shape batches of arbitrary images, grouped by canvas.
+
+  Args:
+    images: ``(key, uint8 [h, w, 3] RGB)`` pairs, any sizes.
+    data_config: ``config.data`` (scale, max_size, buckets).
+    batch_size: images per batch; the last batch of a canvas is padded.
+
+  Yields:
+    ``(keys, batch)``: the keys of the batch's real images (in slot order)
+    and ``{'image' uint8 [batch_size, H, W, 3], 'im_info' [batch_size, 3],
+    'image_id' int32 [batch_size]}`` with ``image_id`` the slot index, or
+    -1 in padding slots. Canvases are the config's buckets, or the smallest
+    64-px multiple holding an image no bucket holds (a new shape to
+    compile).
+  """
+  groups = collections.defaultdict(list)
+  for key, image in images:
+    resized, info = prepare_image(image, data_config)
+    groups[canvas_for(resized.shape[0], resized.shape[1],
+                      data_config.buckets)].append((key, resized, info))
+  for (ch, cw), items in groups.items():
+    for i in range(0, len(items), batch_size):
+      chunk = items[i:i + batch_size]
+      batch = np.zeros((batch_size, ch, cw, 3), np.uint8)
+      info = np.tile(np.array([ch, cw, 1.0], np.float32), (batch_size, 1))
+      for j, (_, im, inf) in enumerate(chunk):
+        batch[j, :im.shape[0], :im.shape[1]] = im
+        info[j] = inf
+      ids = np.where(np.arange(batch_size) < len(chunk),
+                     np.arange(batch_size), -1).astype(np.int32)
+      yield [k for k, _, _ in chunk], dict(image=batch, im_info=info,
+                                           image_id=ids)

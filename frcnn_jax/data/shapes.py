@@ -37,7 +37,8 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from frcnn_jax.data.source import DataError
+from frcnn_jax.data.records import DataError
+from ops import boxes as box_ops
 
 GENERATOR_VERSION = 1
 SHAPE_CLASSES = ('circle', 'square', 'triangle', 'diamond', 'cross')
@@ -205,7 +206,8 @@ def _write_split(out_dir, cfg, seed, split_index, split, count, first_id):
       x1, x2, y1, y2 = int(xs.min()), int(xs.max()), int(ys.min()), int(
           ys.max())
       anns.append({'image_id': iid, 'category_id': k + 1,
-                   'bbox': [x1, y1, x2 - x1 + 1, y2 - y1 + 1],
+                   'bbox': [int(v) for v in box_ops.xyxy_to_xywh(
+                       [x1, y1, x2, y2])],
                    'area': int(m.sum()), 'iscrowd': 0})
     return ({'id': iid, 'file_name': fname, 'height': int(img.shape[0]),
              'width': int(img.shape[1])}, anns)

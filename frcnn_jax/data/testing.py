@@ -9,12 +9,12 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from frcnn_jax.data.datasets import default_data_config
+
 
 def tiny_data_config(root: str, **overrides):
   """A ``config.data`` on a tiny synthetic set: 24 train / 7 val images of
   48..80 px, 2 buckets at scale 64 / max_size 128; generated in a second."""
-  # pylint: disable-next=g-import-not-at-top
-  from frcnn_jax.data import default_data_config
   c = default_data_config()
   c.root = root
   c.scale = 64

@@ -31,8 +31,11 @@ import logging
 
 import numpy as np
 
-from frcnn_jax.data import source as source_lib
-from frcnn_jax.data.source import DataError, DropStats, Record
+from frcnn_jax.data import images as images_lib
+from frcnn_jax.data import records as records_lib
+from frcnn_jax.data.records import DataError
+from frcnn_jax.data.records import DropStats
+from frcnn_jax.data.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def _open(name: str, split: str, data_dir: str | None):
   return builder, ds
 
 
-class TfdsImageReader(source_lib.ImageReader):
+class TfdsImageReader(images_lib.ImageReader):
   """Reads the encoded image of a record from the TFDS data source."""
 
   def __init__(self, data_source, exif_transpose: bool = True):
@@ -68,7 +71,7 @@ class TfdsImageReader(source_lib.ImageReader):
     try:
       return self.data_source[record.index]['image']
     except Exception as e:  # pylint: disable=broad-except
-      raise source_lib.ImageLoadError(
+      raise records_lib.ImageLoadError(
           f'{record.name}: cannot read the example (field image): '
           f'{type(e).__name__}: {e}') from e
 
@@ -80,7 +83,7 @@ def _as_str(v) -> str:
 def read_tfds(name: str, split: str, data_dir: str | None = None, *,
               exif_transpose: bool = True, verify_images: str = 'none',
               one_based: bool | None = None,
-              num_threads: int = 8) -> source_lib.DetectionSource:
+              num_threads: int = 8) -> records_lib.DetectionSource:
   """Builds a ``DetectionSource`` from a prepared TFDS detection dataset.
 
   Args:
@@ -95,15 +98,7 @@ def read_tfds(name: str, split: str, data_dir: str | None = None, *,
   """
   builder, ds = _open(name, split, data_dir)
   feats = builder.info.features
-  if 'objects' not in feats or 'image' not in feats:
-    raise DataError(f'TFDS {name}: expected features "image" and "objects" '
-                    f'(bbox, label), got {list(feats.keys())}')
-  obj_feats = feats['objects'].feature if hasattr(
-      feats['objects'], 'feature') else feats['objects']
-  for key in ('bbox', 'label'):
-    if key not in obj_feats:
-      raise DataError(f'TFDS {name}: missing feature objects/{key}')
-  label_names = list(obj_feats['label'].names)
+  label_names = _label_names(feats, name)
   if one_based is None:
     one_based = name.split('/')[0].split(':')[0] == 'voc'
   what = f'tfds:{name}:{split}'
@@ -113,17 +108,58 @@ def read_tfds(name: str, split: str, data_dir: str | None = None, *,
   def scan(i):
     ex = ds[i]
     where = f'TFDS {name} {split} example {i}'
-    h, w, _ = source_lib.image_size(ex['image'], exif_transpose=exif_transpose,
+    h, w, _ = images_lib.image_size(ex['image'], exif_transpose=exif_transpose,
                                     where=where)
     return i, ex, h, w
 
-  n = len(ds)
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    scanned = list(pool.map(scan, range(n)))
-
-  # Image ids: image/id, else numeric file names, else indices.
+    scanned = list(pool.map(scan, range(len(ds))))
   fnames = [_as_str(ex.get('image/filename', '')) for _, ex, _, _ in scanned]
-  if 'image/id' in feats:
+  ids = _image_ids(scanned, fnames, 'image/id' in feats, what)
+  records, crowd = [], {}
+  for (i, ex, h, w), iid, fname in zip(scanned, ids, fnames):
+    where = f'TFDS {name} {split} example {i} ({fname}, image_id {iid})'
+    rec, crowd_boxes = _example_record(ex['objects'], i, iid, h, w,
+                                       len(label_names), one_based, where,
+                                       stats)
+    records.append(rec)
+    if crowd_boxes is not None:
+      crowd[iid] = crowd_boxes
+  records_lib.count_image_stats(
+      records, stats, np.asarray([len(crowd.get(r.image_id, ((),))[0])
+                                  for r in records]))
+  if verify_images == 'full':
+    images_lib.check_files(records, 'full', reader, what)
+  class_names = [records_lib.BACKGROUND] + label_names
+  cat_ids = list(range(len(class_names)))
+
+  def coco_gt():
+    return records_lib.coco_from_dict(records_lib.records_to_coco_dict(
+        records, class_names, cat_ids, crowd=crowd))
+
+  return records_lib.DetectionSource(
+      name=what, records=records, class_names=class_names, cat_ids=cat_ids,
+      reader=reader, stats=stats, coco_gt_fn=coco_gt)
+
+
+def _label_names(feats, name: str) -> list[str]:
+  """The dataset's class names; checks the features a detector needs."""
+  if 'objects' not in feats or 'image' not in feats:
+    raise DataError(f'TFDS {name}: expected features "image" and "objects" '
+                    f'(bbox, label), got {list(feats.keys())}')
+  obj_feats = feats['objects'].feature if hasattr(
+      feats['objects'], 'feature') else feats['objects']
+  for key in ('bbox', 'label'):
+    if key not in obj_feats:
+      raise DataError(f'TFDS {name}: missing feature objects/{key}')
+  return list(obj_feats['label'].names)
+
+
+def _image_ids(scanned, fnames: list[str], has_id: bool,
+               what: str) -> list[int]:
+  """Image ids: image/id, else numeric file names, else example indices."""
+  n = len(scanned)
+  if has_id:
     ids = [int(ex['image/id']) for _, ex, _, _ in scanned]
   else:
     stems = [f.rsplit('/', 1)[-1].split('.')[0].replace('_', '')
@@ -131,62 +167,54 @@ def read_tfds(name: str, split: str, data_dir: str | None = None, *,
     ids = ([int(s) for s in stems] if all(s.isdigit() for s in stems)
            else list(range(n)))
   if (len(set(ids)) != n or
-      not all(0 <= i <= source_lib.INT32_MAX for i in ids)):
+      not all(0 <= i <= records_lib.INT32_MAX for i in ids)):
     log.info('%s: image ids not distinct int32: using example indices', what)
     ids = list(range(n))
-
-  records, crowd = [], {}
-  for (i, ex, h, w), iid, fname in zip(scanned, ids, fnames):
-    objs = ex['objects']
-    bb = np.asarray(objs['bbox'], np.float64).reshape(-1, 4)
-    labels = np.asarray(objs['label'], np.int64).reshape(-1)
-    nobj = len(bb)
-    is_crowd = np.asarray(objs.get('is_crowd', np.zeros(nobj)), bool)
-    difficult = np.asarray(objs.get('is_difficult', np.zeros(nobj)), bool)
-    with np.errstate(invalid='ignore'):
-      boxes = np.stack([bb[:, 1] * w, bb[:, 0] * h,
-                        bb[:, 3] * w - 1, bb[:, 2] * h - 1], axis=1)
-      if one_based:
-        boxes[:, :2] -= 1
-        boxes = np.round(boxes)
-    where = f'TFDS {name} {split} example {i} ({fname}, image_id {iid})'
-    known = (labels >= 0) & (labels < len(label_names))
-    for k in np.flatnonzero(~known):
-      stats.add('box_unknown_category', example=f'{where}, object {k}: field '
-                f'objects/label {labels[k]} outside 0..{len(label_names) - 1}')
-    keep = source_lib.sanitize_boxes(
-        boxes, h, w, stats, lambda k, where=where: f'{where}, object {k}')
-    keep &= known
-    n_crowd = int((keep & is_crowd).sum())
-    if n_crowd:
-      stats.add('box_crowd', n_crowd, level=logging.DEBUG,
-                example=f'{where}: {n_crowd} crowd boxes kept out of training')
-      crowd[iid] = (boxes[keep & is_crowd].astype(np.float32),
-                    (labels[keep & is_crowd] + 1).astype(np.int32))
-    use = keep & ~is_crowd
-    records.append(Record(
-        image_id=iid, path=None, index=i, height=h, width=w,
-        boxes=boxes[use].astype(np.float32),
-        classes=(labels[use] + 1).astype(np.int32),
-        difficult=difficult[use]))
-  source_lib.count_image_stats(
-      records, stats, np.asarray([len(crowd.get(r.image_id, ((),))[0])
-                                  for r in records]))
-  if verify_images == 'full':
-    source_lib.check_files(records, 'full', reader, what)
-  class_names = [source_lib.BACKGROUND] + label_names
-  cat_ids = list(range(len(class_names)))
-
-  def coco_gt():
-    return source_lib.coco_from_dict(source_lib.records_to_coco_dict(
-        records, class_names, cat_ids, crowd=crowd))
-
-  return source_lib.DetectionSource(
-      name=what, records=records, class_names=class_names, cat_ids=cat_ids,
-      reader=reader, stats=stats, coco_gt_fn=coco_gt)
+  return ids
 
 
-def build_tfds_source(data_config, split: str) -> source_lib.DetectionSource:
+def _example_record(objs, index: int, iid: int, h: int, w: int,
+                    num_labels: int, one_based: bool, where: str,
+                    stats: DropStats):
+  """(Record, crowd (boxes, classes) or None) of one example's objects.
+
+  Normalized ``[ymin, xmin, ymax, xmax]`` -> inclusive pixels
+  ``(xmin * W, ymin * H, xmax * W - 1, ymax * H - 1)``; VOC's 1-based
+  coordinates are shifted back by one.
+  """
+  bb = np.asarray(objs['bbox'], np.float64).reshape(-1, 4)
+  labels = np.asarray(objs['label'], np.int64).reshape(-1)
+  nobj = len(bb)
+  is_crowd = np.asarray(objs.get('is_crowd', np.zeros(nobj)), bool)
+  difficult = np.asarray(objs.get('is_difficult', np.zeros(nobj)), bool)
+  with np.errstate(invalid='ignore'):
+    boxes = np.stack([bb[:, 1] * w, bb[:, 0] * h,
+                      bb[:, 3] * w - 1, bb[:, 2] * h - 1], axis=1)
+    if one_based:
+      boxes[:, :2] -= 1
+      boxes = np.round(boxes)
+  known = (labels >= 0) & (labels < num_labels)
+  for k in np.flatnonzero(~known):
+    stats.add('box_unknown_category', example=f'{where}, object {k}: field '
+              f'objects/label {labels[k]} outside 0..{num_labels - 1}')
+  keep = records_lib.sanitize_boxes(
+      boxes, h, w, stats, lambda k: f'{where}, object {k}')
+  keep &= known
+  crowd = None
+  n_crowd = int((keep & is_crowd).sum())
+  if n_crowd:
+    stats.add('box_crowd', n_crowd, level=logging.DEBUG,
+              example=f'{where}: {n_crowd} crowd boxes kept out of training')
+    crowd = (boxes[keep & is_crowd].astype(np.float32),
+             (labels[keep & is_crowd] + 1).astype(np.int32))
+  use = keep & ~is_crowd
+  return Record(image_id=iid, path=None, index=index, height=h, width=w,
+                boxes=boxes[use].astype(np.float32),
+                classes=(labels[use] + 1).astype(np.int32),
+                difficult=difficult[use]), crowd
+
+
+def build_tfds_source(data_config, split: str) -> records_lib.DetectionSource:
   if not data_config.get('tfds_name'):
     raise ValueError("data.tfds_name must name a prepared TFDS dataset, e.g. "
                      "'coco/2017' or 'voc/2007'")

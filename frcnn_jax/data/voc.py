@@ -30,15 +30,16 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from frcnn_jax.data import source as source_lib
-from frcnn_jax.data.source import DataError, DropStats, Record
+from frcnn_jax.data import class_names
+from frcnn_jax.data import images as images_lib
+from frcnn_jax.data import records as records_lib
+from frcnn_jax.data.records import DataError
+from frcnn_jax.data.records import DropStats
+from frcnn_jax.data.records import Record
 
 log = logging.getLogger(__name__)
 
-VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car',
-               'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse',
-               'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
-               'tvmonitor')
+VOC_CLASSES = class_names.VOC_CLASSES
 
 
 def _text(node, path, xml_path, where):
@@ -108,7 +109,7 @@ def _image_ids(names):
       break
     ids.append(int(digits))
   if (len(ids) == len(names) and len(set(ids)) == len(ids) and
-      all(0 <= i <= source_lib.INT32_MAX for i in ids)):
+      all(0 <= i <= records_lib.INT32_MAX for i in ids)):
     return ids
   log.info('VOC image names are not all distinct numbers: ids are 0..N-1 in '
            'split order')
@@ -117,7 +118,7 @@ def _image_ids(names):
 
 def read_voc(root: str, split: str, *, exif_transpose: bool = True,
              verify_images: str = 'exists',
-             class_names=VOC_CLASSES) -> source_lib.DetectionSource:
+             class_names=VOC_CLASSES) -> records_lib.DetectionSource:
   """Reads VOC split(s) ``'2007_trainval'`` / ``'2007_trainval+2012_trainval'``.
 
   Raises:
@@ -143,7 +144,7 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
   ids = _image_ids([n for n, _ in entries])
   contiguous = {c: i + 1 for i, c in enumerate(class_names)}
   stats = DropStats()
-  reader = source_lib.ImageReader(exif_transpose=exif_transpose)
+  reader = images_lib.ImageReader(exif_transpose=exif_transpose)
   records = []
   for (name, folder), iid in zip(entries, ids):
     xml_path = os.path.join(folder, 'Annotations', f'{name}.xml')
@@ -151,7 +152,7 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
     where = f'image {name} (image_id {iid})'
     height, width, objects = parse_voc_xml(xml_path, where)
     if height is None:
-      h, w, _ = source_lib.image_size(img_path, exif_transpose=exif_transpose,
+      h, w, _ = images_lib.image_size(img_path, exif_transpose=exif_transpose,
                                       where=f'{img_path} (image_id {iid})')
       height, width = h, w
       stats.add('size_from_image', example=f'{xml_path}: {where}: no usable '
@@ -167,7 +168,7 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
       difficult.append(diff)
       obj_index.append(k)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    keep = source_lib.sanitize_boxes(
+    keep = records_lib.sanitize_boxes(
         boxes, int(height), int(width), stats,
         lambda k: f'{xml_path}: {where}, object {obj_index[k]}')
     records.append(Record(
@@ -175,15 +176,15 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
         width=int(width), boxes=boxes[keep].astype(np.float32),
         classes=np.asarray(classes, np.int32)[keep],
         difficult=np.asarray(difficult, bool)[keep]))
-  source_lib.count_image_stats(records, stats)
-  source_lib.check_files(records, verify_images, reader, f'voc:{split}')
-  return source_lib.DetectionSource(
+  records_lib.count_image_stats(records, stats)
+  images_lib.check_files(records, verify_images, reader, f'voc:{split}')
+  return records_lib.DetectionSource(
       name=f'voc:{split}', records=records, class_names=list(class_names),
       cat_ids=list(range(1, len(class_names) + 1)), reader=reader,
       stats=stats)
 
 
-def build_voc_source(data_config, split: str) -> source_lib.DetectionSource:
+def build_voc_source(data_config, split: str) -> records_lib.DetectionSource:
   return read_voc(
       data_config.root, split,
       exif_transpose=bool(data_config.get('exif_transpose', True)),

@@ -5,13 +5,15 @@ import io
 
 import numpy as np
 import pytest
+from etils import epath
 from PIL import Image
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
+from frcnn_jax.data import datasets  # noqa: E402
 from frcnn_jax.data import default_data_config  # noqa: E402
 from frcnn_jax.data import loader  # noqa: E402
-from frcnn_jax.data import source as S  # noqa: E402
+from frcnn_jax.data import records as S  # noqa: E402
 from frcnn_jax.data import tfds as tfds_reader  # noqa: E402
 
 # (h, w, [(ymin, xmin, ymax, xmax) normalized, label, crowd, difficult])
@@ -34,6 +36,9 @@ def _png(h, w):
 class TinyDet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """COCO/VOC-like features; images given as encoded bytes (no TF needed)."""
   VERSION = tfds.core.Version('1.0.0')
+  # TFDS finds a builder's files from its module; in a test package
+  # (tests.data) that lookup needs the importlib_resources backport.
+  code_path = epath.Path(__file__)
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
@@ -83,7 +88,7 @@ def _cfg(data_dir):
 
 
 def test_records_boxes_and_classes(data_dir):
-  src = S.build_source(_cfg(data_dir), 'train')
+  src = datasets.build_source(_cfg(data_dir), 'train')
   assert src.class_names == ['__background__', 'cat', 'dog']
   # TFDS shuffles examples when preparing: look records up by image/id.
   by_id = {r.image_id: r for r in src.records}
@@ -102,7 +107,7 @@ def test_records_boxes_and_classes(data_dir):
 
 
 def test_coco_gt_has_crowd_and_difficult(data_dir):
-  src = S.build_source(_cfg(data_dir), 'train')
+  src = datasets.build_source(_cfg(data_dir), 'train')
   d = src.coco_gt().dataset
   by_img = {}
   for a in d['annotations']:
@@ -133,4 +138,4 @@ def test_train_and_eval_loaders_on_tfds(data_dir):
 def test_missing_dataset_is_a_clear_error(tmp_path):
   c = _cfg(str(tmp_path))
   with pytest.raises(S.DataError, match='tiny_det.*cannot open|no split'):
-    S.build_source(c, 'train')
+    datasets.build_source(c, 'train')

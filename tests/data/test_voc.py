@@ -9,7 +9,7 @@ import pytest
 
 from frcnn_jax.data import default_data_config
 from frcnn_jax.data import loader
-from frcnn_jax.data import source as S
+from frcnn_jax.data import records as S
 from frcnn_jax.data import voc
 from frcnn_jax.data.testing import voc_xml, write_voc
 

@@ -1,12 +1,12 @@
-"""frcnn_jax.targets against a NumPy transcription of the seed's layers."""
+"""frcnn_jax.modeling.targets against a NumPy transcription of the seed's layers."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from frcnn_jax import targets as T
+from frcnn_jax.modeling import targets as T
 from ops import anchors as A
-from tests.test_boxes import np_bbox_overlaps, np_bbox_transform
+from tests.ops.test_boxes import np_bbox_overlaps, np_bbox_transform
 
 
 def np_anchor_labels(anchors, gt, im_h, im_w, border=0.0, pos=0.7, neg=0.3,

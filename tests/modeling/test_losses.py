@@ -1,10 +1,10 @@
-"""frcnn_jax.losses on hand-made inputs."""
+"""frcnn_jax.modeling.losses on hand-made inputs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from frcnn_jax import losses as L
+from frcnn_jax.modeling import losses as L
 
 
 def test_smooth_l1_hand_values():

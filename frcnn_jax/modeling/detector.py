@@ -30,11 +30,12 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from frcnn_jax import backbones
-from frcnn_jax import losses
-from frcnn_jax import roi_heads
-from frcnn_jax import rpn as rpn_lib
-from frcnn_jax import targets
+from frcnn_jax.modeling import backbones
+from frcnn_jax.modeling import losses
+from frcnn_jax.modeling import preprocessing
+from frcnn_jax.modeling import roi_heads
+from frcnn_jax.modeling import rpn as rpn_lib
+from frcnn_jax.modeling import targets
 from ops import anchors as anchor_ops
 from ops import pallas_nms
 
@@ -96,8 +97,8 @@ class DetectorSettings:
   anchor_scales: tuple = (8, 16, 32)
   anchor_ratios: tuple = (0.5, 1, 2)
   feat_stride: int = 16
-  pixel_mean: tuple = (102.9801, 115.9465, 122.7717)
-  pixel_std: tuple = (1.0, 1.0, 1.0)
+  pixel_mean: tuple = preprocessing.CAFFE_BGR_MEANS
+  pixel_std: tuple = preprocessing.CAFFE_BGR_STDS
   bgr: bool = True
   dtype: Any = jnp.float32
   # RPN NMS: 'jnp', 'auto' (the Pallas kernel on GPU/TPU, jnp on CPU) or
@@ -131,24 +132,11 @@ class FasterRCNN(nnx.Module):
   # -- shared pieces ---------------------------------------------------------
 
   def preprocess(self, images, im_info):
-    """uint8/float ``[B, Hi, Wi, 3]`` RGB -> normalised network input.
-
-    Channels are reversed to BGR when ``settings.bgr`` (caffe weights), then
-    ``(x - pixel_mean) / pixel_std`` (mean and std in the network's channel
-    order), and the canvas padding outside ``im_info``'s height and width is
-    set to 0, as the seed pads after mean subtraction.
-    """
+    """Normalised network input (see :func:`preprocessing.normalize`)."""
     s = self.settings
-    x = images.astype(jnp.float32)
-    if s.bgr:
-      x = x[..., ::-1]
-    x = (x - jnp.asarray(s.pixel_mean, jnp.float32)) / jnp.asarray(
-        s.pixel_std, jnp.float32)
-    rows = jnp.arange(x.shape[1], dtype=jnp.float32)
-    cols = jnp.arange(x.shape[2], dtype=jnp.float32)
-    inside = ((rows[None, :, None] < im_info[:, 0, None, None]) &
-              (cols[None, None, :] < im_info[:, 1, None, None]))
-    return jnp.where(inside[..., None], x, 0.0).astype(s.dtype)
+    return preprocessing.normalize(images, im_info, bgr=s.bgr,
+                                   pixel_mean=s.pixel_mean,
+                                   pixel_std=s.pixel_std, dtype=s.dtype)
 
   def anchors(self, feat_h: int, feat_w: int):
     """``[N, 4]`` anchors of a ``feat_h x feat_w`` map (a constant)."""
@@ -273,6 +261,19 @@ class FasterRCNN(nnx.Module):
         nms_thresh=t.nms_thresh, score_thresh=t.score_thresh,
         max_detections=t.max_detections)
     return jax.vmap(post)(rois, rois_valid, probs, box_deltas, im_info)
+
+
+# -- parameters: what training updates -----------------------------------------
+
+def trainable_filter(model: FasterRCNN):
+  """``nnx.Param`` minus the backbone's frozen parameters."""
+  frozen = model.backbone.frozen_filter()
+  return nnx.All(nnx.Param, nnx.Not(frozen))
+
+
+def split_model(model):
+  """``(graphdef, trainable params, rest)``."""
+  return nnx.split(model, trainable_filter(model), ...)
 
 
 # -- builders (the only place that reads the config) ---------------------------

@@ -229,3 +229,22 @@ def test_decode_seed_style_jit_vmap(rng):
   eager = np.stack([f(d, anchors) for d in deltas])
   np.testing.assert_allclose(jax.jit(jax.vmap(f, (0, None)))(deltas, anchors),
                              eager, rtol=1e-6, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# COCO format conversion (host side)
+# ---------------------------------------------------------------------------
+
+
+def test_xywh_round_trip(rng):
+  xywh = np.concatenate([rng.uniform(0, 500, (50, 2)),
+                         rng.uniform(1, 300, (50, 2))], axis=1)
+  xyxy = B.xywh_to_xyxy(xywh)
+  np.testing.assert_allclose(xyxy[:, 2], xywh[:, 0] + xywh[:, 2] - 1)
+  np.testing.assert_allclose(B.xyxy_to_xywh(xyxy), xywh, rtol=0, atol=1e-9)
+  # The seed's convention: a one-pixel box [5, 5, 5, 5] has w = h = 1.
+  np.testing.assert_array_equal(B.xyxy_to_xywh([5, 7, 5, 7]), [5, 7, 1, 1])
+
+
+def test_xyxy_to_xywh_clamps_inverted():
+  np.testing.assert_array_equal(B.xyxy_to_xywh([10, 10, 3, 20]), [10, 10, 0, 11])

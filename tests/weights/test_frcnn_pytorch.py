@@ -20,19 +20,22 @@ import pytest
 from flax import nnx
 
 from configs import common
-from frcnn_jax import backbones as bb
-from frcnn_jax import detector
+from frcnn_jax import checkpoints
 from frcnn_jax import eval_lib
-from frcnn_jax import roi_heads
+from frcnn_jax import optimizer as optimizer_lib
 from frcnn_jax import train_lib
+from frcnn_jax.modeling import backbones as bb
+from frcnn_jax.modeling import detector
+from frcnn_jax.modeling import roi_heads
 from frcnn_jax import weights as wt
+from frcnn_jax.weights import __main__ as weights_cli
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
 # pylint: disable-next=g-import-not-at-top,wrong-import-position
-from tests.test_weights_backbone import TorchResNet, nhwc, randomize, rel_err  # noqa: E402
+from tests.weights.test_backbone import TorchResNet, nhwc, randomize, rel_err  # noqa: E402
 
 RTOL = 1e-4
 REAL_BLOCKS = dict(bb.RESNET_STAGE_BLOCKS)
@@ -148,7 +151,7 @@ def pth(tdet, tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted(pth, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("conv") / "r101_voc")
-  assert wt.main(["convert", f"--from={pth}", "--kind=faster_rcnn_pytorch_res101",
+  assert weights_cli.main(["convert", f"--from={pth}", "--kind=faster_rcnn_pytorch_res101",
                   f"--classes={CLASSES}", f"--out={out}"]) == 0
   return out
 
@@ -262,7 +265,7 @@ def test_full_size_key_names_and_shapes():
       spec = wt.detector_torch_spec(wt.detector_for_checkpoint(info))
       assert {s.key: s.torch_shape for s in spec.values()} == sd
     # VGG16: RCNN_base = features[:-1], RCNN_top = classifier[:-1].
-    from tests.test_weights_backbone import TorchVGG  # pylint: disable=g-import-not-at-top
+    from tests.weights.test_backbone import TorchVGG  # pylint: disable=g-import-not-at-top
     with torch.device("meta"):
       v = TorchVGG((64, 128, 256, 512, 512), 4096, num_classes=1000)
       tree = nn.Module()
@@ -287,7 +290,7 @@ def test_full_size_key_names_and_shapes():
 
 
 def test_convert_then_load_for_inference(tdet, converted):
-  meta = train_lib.Checkpointer(os.path.join(converted, "checkpoints"),
+  meta = checkpoints.Checkpointer(os.path.join(converted, "checkpoints"),
                                 read_only=True, async_save=False).read_meta()
   assert meta["class_names"] == ["__background__", "cat", "dog", "bird", "fish"]
   assert meta["kind"] == "faster_rcnn_pytorch_res101"
@@ -330,7 +333,7 @@ def test_convert_then_load_for_inference(tdet, converted):
 
 
 def test_config_disagreements_are_named(converted):
-  meta = train_lib.Checkpointer(os.path.join(converted, "checkpoints"),
+  meta = checkpoints.Checkpointer(os.path.join(converted, "checkpoints"),
                                 read_only=True, async_save=False).read_meta()
   c = small_config()
   c.roi.class_agnostic = True
@@ -368,7 +371,7 @@ def test_config_disagreements_are_named(converted):
 
 
 def test_inspect_command(pth, capsys):
-  assert wt.main(["inspect", f"--from={pth}"]) == 0
+  assert weights_cli.main(["inspect", f"--from={pth}"]) == 0
   out = capsys.readouterr().out
   assert "resnet101, 5 classes" in out and "kind: faster_rcnn_pytorch_res101" in out
   assert "'pooling_mode': 'align'" in out
@@ -404,12 +407,12 @@ def test_missing_and_mismatched_keys_listed(tdet):
 
 def test_wrong_classes_kind_and_architecture(pth, tmp_path):
   with pytest.raises(ValueError, match=r"gives 21 classes.*checkpoint has 5"):
-    wt.main(["convert", f"--from={pth}", "--kind=faster_rcnn_pytorch_res101",
+    weights_cli.main(["convert", f"--from={pth}", "--kind=faster_rcnn_pytorch_res101",
              "--classes=voc", f"--out={tmp_path / 'a'}"])
   with pytest.raises(ValueError, match="needs --classes"):
-    wt.main(["convert", f"--from={pth}", f"--out={tmp_path / 'a'}"])
+    weights_cli.main(["convert", f"--from={pth}", f"--out={tmp_path / 'a'}"])
   with pytest.raises(ValueError, match="--kind=faster_rcnn_pytorch_res101"):
-    wt.main(["convert", f"--from={pth}", "--kind=faster_rcnn_pytorch_res50",
+    weights_cli.main(["convert", f"--from={pth}", "--kind=faster_rcnn_pytorch_res50",
              f"--classes={CLASSES}", f"--out={tmp_path / 'b'}"])
   assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
   assert len(wt.resolve_class_names("voc", 21)) == 21
@@ -445,10 +448,10 @@ def test_init_from_detector_sources(tdet, pth, converted, ours, tmp_path, caplog
   model = detector.build_detector(c, 5)
   wt.initialize_model(model, c)
   assert_same_weights(model, ours)
-  tx, _ = train_lib.make_optimizer(c.optimizer, 10)
+  tx, _ = optimizer_lib.make_optimizer(c.optimizer, 10)
   _, state = train_lib.create_train_state(ours, tx, 0)
   workdir = str(tmp_path / "run")
-  ck = train_lib.Checkpointer(train_lib.checkpoint_dir(workdir), async_save=False)
+  ck = checkpoints.Checkpointer(checkpoints.checkpoint_dir(workdir), async_save=False)
   ck.save(7, state, {"class_names": ["__background__", "a", "b", "c", "d"],
                      "config": c.to_json_best_effort(), "data_iter": {}})
   ck.close()
@@ -491,7 +494,7 @@ def test_init_from_backbone_sources(tmp_path):
                           rngs=nnx.Rngs(0))
   wt.load_backbone_state_dict(ref, tnet.state_dict(), kind="caffe_resnet101")
   out = str(tmp_path / "r101_caffe")
-  assert wt.main(["convert", f"--from={path}", "--kind=caffe_resnet101",
+  assert weights_cli.main(["convert", f"--from={path}", "--kind=caffe_resnet101",
                   f"--out={out}"]) == 0
   c = small_config()
   model = detector.build_detector(c, 5)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from frcnn_jax import rpn
+from frcnn_jax.modeling import rpn
 from ops import anchors as A
-from tests.test_boxes import np_bbox_transform_inv
-from tests.test_nms import nms_cpu
+from tests.ops.test_boxes import np_bbox_transform_inv
+from tests.ops.test_nms import nms_cpu
 
 
 def np_proposals(scores, deltas, anchors, im_info, pre, post, thresh):

@@ -379,7 +379,7 @@ def test_sharded_batch_stays_local():
   # the gradient stays sharded and the compiled step moves no features
   # between devices (the vmap rule keeps an explicit image axis; roi_pool
   # uses the same rule). Values under vmap are checked in-process above.
-  from conftest import run_with_devices
+  from tests.conftest import run_with_devices
   out = run_with_devices("""
     import numpy as np, jax, jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

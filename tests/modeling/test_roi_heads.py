@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from frcnn_jax import roi_heads
-from tests.test_boxes import np_bbox_transform_inv
-from tests.test_nms import nms_cpu
+from frcnn_jax.modeling import roi_heads
+from tests.ops.test_boxes import np_bbox_transform_inv
+from tests.ops.test_nms import nms_cpu
 
 
 def test_select_class_deltas():

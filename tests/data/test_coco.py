@@ -10,7 +10,7 @@ from PIL import Image
 from frcnn_jax.data import coco
 from frcnn_jax.data import default_data_config
 from frcnn_jax.data import loader
-from frcnn_jax.data import source as S
+from frcnn_jax.data import records as S
 from frcnn_jax.data.testing import write_coco, write_image
 
 

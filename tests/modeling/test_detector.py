@@ -10,8 +10,10 @@ from flax import nnx
 
 from configs import common
 from configs import tiny
-from frcnn_jax import detector
+from frcnn_jax import optimizer as optimizer_lib
+from frcnn_jax import parallel
 from frcnn_jax import train_lib
+from frcnn_jax.modeling import detector
 from frcnn_jax.data import build_train_loader
 from tests.conftest import run_with_devices
 
@@ -70,14 +72,14 @@ def test_big_models_by_shape():
 
 def make_step(cfg, num_classes, count_traces=None):
   model = detector.build_detector(cfg, num_classes)
-  tx, sched = train_lib.make_optimizer(cfg.optimizer, 100)
+  tx, sched = optimizer_lib.make_optimizer(cfg.optimizer, 100)
   graphdef, state = train_lib.create_train_state(model, tx, 0)
   step = train_lib.make_train_step(graphdef, tx, sched)
   if count_traces is not None:
     step = chex.assert_max_traces(step, n=count_traces)
-  mesh = train_lib.create_mesh(1)
+  mesh = parallel.create_mesh(1)
   return (train_lib.jit_train_step(step, mesh),
-          jax.device_put(state, train_lib.replicated(mesh)), mesh)
+          jax.device_put(state, parallel.replicated(mesh)), mesh)
 
 
 def test_train_step_traces_once_per_bucket(cfg, batches):
@@ -85,7 +87,7 @@ def test_train_step_traces_once_per_bucket(cfg, batches):
   shapes = {b["image"].shape for b in batches}
   step, state, mesh = make_step(cfg, 4, count_traces=len(shapes))
   for b in batches + batches:   # every bucket twice
-    state, m = step(state, train_lib.global_batch(b, mesh))
+    state, m = step(state, parallel.global_batch(b, mesh))
   assert np.isfinite(float(m["loss_total"]))
   assert int(state.step) == 2 * len(batches)
 
@@ -114,7 +116,7 @@ def test_overfits_two_images(cfg, batches):
   c.optimizer.lr_decay_steps = ()
   c.optimizer.lr_decay_epochs = ()
   step, state, mesh = make_step(c, 4)
-  b = train_lib.global_batch(batches[0], mesh)
+  b = parallel.global_batch(batches[0], mesh)
   first = None
   for _ in range(300):
     state, m = step(state, b)
@@ -180,7 +182,10 @@ def test_four_devices_train_like_one(cfg):
   out = run_with_devices(f"""
     import jax, numpy as np
     from configs import tiny
-    from frcnn_jax import detector, train_lib
+    from frcnn_jax import optimizer as optimizer_lib
+    from frcnn_jax import parallel
+    from frcnn_jax import train_lib
+    from frcnn_jax.modeling import detector
     from frcnn_jax.data import build_train_loader
     c = tiny.get_config()
     c.data.root = {cfg.data.root!r}
@@ -190,16 +195,16 @@ def test_four_devices_train_like_one(cfg):
     results = []
     for n in (1, 4):
       model = detector.build_detector(c, loader.num_classes)
-      tx, sched = train_lib.make_optimizer(c.optimizer, 100)
+      tx, sched = optimizer_lib.make_optimizer(c.optimizer, 100)
       graphdef, state = train_lib.create_train_state(model, tx, 0)
-      mesh = train_lib.create_mesh(n)
+      mesh = parallel.create_mesh(n)
       assert mesh.size == n
       step = train_lib.jit_train_step(
           train_lib.make_train_step(graphdef, tx, sched), mesh)
-      state = jax.device_put(state, train_lib.replicated(mesh))
+      state = jax.device_put(state, parallel.replicated(mesh))
       losses = []
       for b in batches:
-        state, m = step(state, train_lib.global_batch(b, mesh))
+        state, m = step(state, parallel.global_batch(b, mesh))
         losses.append(float(m["loss_total"]))
       results.append((losses, jax.tree.leaves(jax.device_get(state.params))))
     (l1, p1), (l4, p4) = results

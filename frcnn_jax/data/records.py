@@ -1,4 +1,4 @@
-"""Detection sources: per-image records, image decoding, bad-input policy.
+"""Detection records and sources: types, box sanitising, the bad-input policy.
 
 A *source* (``DetectionSource``) is one split of one dataset: a list of
 ``Record`` s (one per image, ground truth in ORIGINAL image pixels), the class
@@ -33,7 +33,6 @@ Bad input never crashes deep in training and never produces NaN:
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -43,14 +42,13 @@ import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+
+from frcnn_jax.data.class_names import BACKGROUND
+from ops import boxes as box_ops
 
 log = logging.getLogger(__name__)
 
-BACKGROUND = '__background__'
 INT32_MAX = 2**31 - 1
-# How many example messages per drop reason are kept and logged.
-_MAX_EXAMPLES = 5
 
 
 class DataError(ValueError):
@@ -60,6 +58,9 @@ class DataError(ValueError):
 class ImageLoadError(DataError):
   """An image file is missing, unreadable or inconsistent with its record."""
 
+
+# How many example messages per drop reason are kept and logged.
+_MAX_EXAMPLES = 5
 
 @dataclasses.dataclass
 class Record:
@@ -92,7 +93,6 @@ class Record:
     if self.path is not None:
       return f'{self.path} (image_id {self.image_id})'
     return f'TFDS example {self.index} (image_id {self.image_id})'
-
 
 class DropStats:
   """Counts of everything dropped, clipped or skipped, with reasons.
@@ -138,7 +138,6 @@ class DropStats:
 
   def __repr__(self) -> str:
     return f'DropStats({self.summary()})'
-
 
 def sanitize_boxes(boxes: np.ndarray, height, width, stats: DropStats,
                    where: Callable[[int], str]) -> np.ndarray:
@@ -206,14 +205,12 @@ def sanitize_boxes(boxes: np.ndarray, height, width, stats: DropStats,
     boxes[keep] = clipped[keep]
   return keep
 
-
 def group_boxes(image_index: np.ndarray, num_images: int, *arrays):
   """Splits per-box arrays into per-image lists (stable: input order kept)."""
   order = np.argsort(image_index, kind='stable')
   counts = np.bincount(image_index, minlength=num_images)
   splits = np.cumsum(counts)[:-1]
   return [np.split(a[order], splits) for a in arrays]
-
 
 def count_image_stats(records: Sequence[Record], stats: DropStats,
                       crowd_counts: np.ndarray | None = None) -> None:
@@ -229,137 +226,6 @@ def count_image_stats(records: Sequence[Record], stats: DropStats,
       else:
         stats.add('image_empty', example=f'{r.name}: no usable boxes',
                   level=logging.DEBUG)
-
-
-# ----------------------------------------------------------------------------
-# Image decoding.
-
-_SIXTEEN_BIT = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F')
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-  """Any PIL mode -> uint8 ``[h, w, 3]`` RGB."""
-  mode = img.mode
-  if mode == 'RGB':
-    return np.asarray(img, dtype=np.uint8)
-  if mode in _SIXTEEN_BIT:
-    a = np.asarray(img).astype(np.float64)
-    top = a.max() if a.size else 0.0
-    if top > 255:  # 16-bit data: map the full range to 8 bits.
-      a = a * (255.0 / (65535.0 if mode.startswith('I;16') else top))
-    a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
-    return np.repeat(a[..., None], 3, axis=2)
-  if mode in ('P', 'PA'):
-    img = img.convert('RGBA')
-  # RGBA/LA: alpha dropped (the color channels are kept as stored); CMYK and
-  # YCbCr converted by PIL; L and 1 replicated.
-  return np.asarray(img.convert('RGB'), dtype=np.uint8)
-
-
-def decode_image(data: str | bytes, *, exif_transpose: bool = True,
-                 where: str = '') -> np.ndarray:
-  """Reads an image file (path or encoded bytes) as uint8 ``[h, w, 3]`` RGB.
-
-  The EXIF orientation tag is applied when ``exif_transpose`` (the pixels come
-  out as a viewer displays them); grayscale, 16-bit, RGBA, palette, CMYK
-  images become RGB.
-
-  Raises:
-    ImageLoadError: missing, truncated or undecodable file, naming ``where``.
-  """
-  try:
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    with Image.open(src) as img:
-      img.load()  # Forces a full decode: truncated files fail here.
-      if exif_transpose:
-        img = ImageOps.exif_transpose(img)
-      return _to_rgb(img)
-  except FileNotFoundError as e:
-    raise ImageLoadError(f'{where}: image file not found (field file_name): '
-                         f'{e}') from e
-  except Exception as e:  # pylint: disable=broad-except
-    raise ImageLoadError(f'{where}: cannot decode image (field file_name): '
-                         f'{type(e).__name__}: {e}') from e
-
-
-def image_size(data: str | bytes, *, exif_transpose: bool = True,
-               where: str = '') -> tuple[int, int, int]:
-  """(height, width, exif_orientation) from the file header, without decoding.
-
-  The size is the displayed one (after the EXIF orientation) when
-  ``exif_transpose``.
-  """
-  try:
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    with Image.open(src) as img:
-      w, h = img.size
-      orientation = 1
-      try:
-        orientation = int(img.getexif().get(0x0112, 1) or 1)
-      except Exception:  # pylint: disable=broad-except
-        pass  # An unreadable EXIF block is not an error for the pixels.
-  except FileNotFoundError as e:
-    raise ImageLoadError(f'{where}: image file not found (field file_name): '
-                         f'{e}') from e
-  except Exception as e:  # pylint: disable=broad-except
-    raise ImageLoadError(f'{where}: cannot read image header (field '
-                         f'file_name): {type(e).__name__}: {e}') from e
-  if exif_transpose and orientation in (5, 6, 7, 8):
-    w, h = h, w
-  return h, w, orientation
-
-
-def check_image_size(record: Record, h: int, w: int, orientation: int,
-                     exif_transpose: bool) -> None:
-  """Raises ``ImageLoadError`` when the pixels do not match the annotation."""
-  if (h, w) == (record.height, record.width):
-    return
-  hint = ''
-  if (w, h) == (record.height, record.width) and orientation in (5, 6, 7, 8):
-    hint = (f' The file has EXIF orientation {orientation}: the annotation '
-            'seems to refer to the stored (unrotated) pixels. Annotations '
-            'must refer to the image as displayed (EXIF applied); set '
-            'data.exif_transpose=False if the whole dataset was annotated on '
-            'the stored pixels.')
-  raise ImageLoadError(
-      f'{record.name}: fields height/width are {record.height}x{record.width}'
-      f' (h x w) but the image is {h}x{w}.{hint}')
-
-
-# ----------------------------------------------------------------------------
-# Sources.
-
-
-class ImageReader:
-  """Loads the image of a record (picklable; sent to grain workers)."""
-
-  def __init__(self, exif_transpose: bool = True):
-    self.exif_transpose = exif_transpose
-
-  def read_bytes(self, record: Record) -> str | bytes:
-    """The encoded image: a path for files."""
-    return record.path
-
-  def orientation(self, data: str | bytes) -> int:
-    if not self.exif_transpose:
-      return 1
-    try:
-      src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-      with Image.open(src) as img:
-        return int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:  # pylint: disable=broad-except
-      return 1
-
-  def __call__(self, record: Record) -> np.ndarray:
-    data = self.read_bytes(record)
-    image = decode_image(data, exif_transpose=self.exif_transpose,
-                         where=record.name)
-    h, w = image.shape[:2]
-    if (h, w) != (record.height, record.width):
-      check_image_size(record, h, w, self.orientation(data),
-                       self.exif_transpose)
-    return image
-
 
 class DetectionSource:
   """One split of one detection dataset.
@@ -378,7 +244,7 @@ class DetectionSource:
 
   def __init__(self, *, name: str, records: list[Record],
                class_names: Sequence[str], cat_ids: Sequence[int],
-               reader: ImageReader, stats: DropStats,
+               reader: Callable[[Record], np.ndarray], stats: DropStats,
                coco_gt_fn: Callable[[], Any] | None = None,
                has_annotations: bool = True):
     if class_names[0] != BACKGROUND:
@@ -443,7 +309,6 @@ class DetectionSource:
     return (f'DetectionSource({self.name}: {len(self.records)} images, '
             f'{self.num_classes} classes; {self.stats.summary()})')
 
-
 def coco_from_dict(d: dict):
   """A pycocotools ``COCO`` from an in-memory dataset dict (quietly)."""
   from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
@@ -452,7 +317,6 @@ def coco_from_dict(d: dict):
   with contextlib.redirect_stdout(io.StringIO()):
     c.createIndex()
   return c
-
 
 def records_to_coco_dict(records: Iterable[Record], class_names: Sequence[str],
                          cat_ids: Sequence[int],
@@ -474,91 +338,16 @@ def records_to_coco_dict(records: Iterable[Record], class_names: Sequence[str],
       cb, cc = crowd[r.image_id]
       lists.append((cb, cc, np.ones(len(cb), bool)))
     for boxes, classes, flags in lists:
-      for b, c, f in zip(boxes, classes, flags):
-        w = float(b[2] - b[0] + 1)
-        h = float(b[3] - b[1] + 1)
+      for xywh, c, f in zip(box_ops.xyxy_to_xywh(boxes).reshape(-1, 4),
+                            classes, flags):
         anns.append({'id': len(anns) + 1, 'image_id': int(r.image_id),
                      'category_id': int(cat_ids[int(c)]),
-                     'bbox': [float(b[0]), float(b[1]), w, h],
-                     'area': w * h, 'iscrowd': int(bool(f))})
+                     'bbox': [float(v) for v in xywh],
+                     'area': float(xywh[2] * xywh[3]),
+                     'iscrowd': int(bool(f))})
   cats = [{'id': int(cat_ids[i]), 'name': class_names[i]}
           for i in range(1, len(class_names))]
   return {'images': images, 'annotations': anns, 'categories': cats}
-
-
-def check_files(records: Sequence[Record], level: str, reader: ImageReader,
-                what: str, num_threads: int = 8) -> None:
-  """Checks the image files of ``records`` when a source is built.
-
-  Args:
-    level: ``'none'``; ``'exists'`` (every file exists; default);
-      ``'header'`` (also reads each header: format and size, EXIF
-      orientation included, must match the record); ``'full'`` (decodes
-      every image).
-    what: dataset description for the message.
-
-  Raises:
-    ImageLoadError: listing every bad file (the first 20) and the count.
-  """
-  if level in ('none', '', None):
-    return
-  if level not in ('exists', 'header', 'full'):
-    raise ValueError(f"data.verify_images must be 'none', 'exists', 'header' "
-                     f"or 'full', got {level!r}")
-  file_records = [r for r in records if r.path is not None]
-  if level == 'exists':
-    errors = [f'{r.name}: image file not found (field file_name)'
-              for r in file_records if not os.path.isfile(r.path)]
-  else:
-    def one(r):
-      try:
-        if level == 'full':
-          reader(r)
-        else:
-          data = reader.read_bytes(r)
-          h, w, o = image_size(data, exif_transpose=reader.exif_transpose,
-                               where=r.name)
-          check_image_size(r, h, w, o, reader.exif_transpose)
-        return None
-      except ImageLoadError as e:
-        return str(e)
-    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-      errors = [e for e in pool.map(one, records) if e is not None]
-  if errors:
-    shown = '\n  '.join(errors[:20])
-    more = f'\n  ... and {len(errors) - 20} more' if len(errors) > 20 else ''
-    raise ImageLoadError(
-        f'{what}: {len(errors)} bad image file(s) (verify_images={level!r}):'
-        f'\n  {shown}{more}')
-
-
-def build_source(data_config, split: str) -> DetectionSource:
-  """Builds the ``DetectionSource`` of ``split`` from ``config.data``.
-
-  ``data_config.name`` picks the reader: ``'coco'`` (``root`` holds
-  ``annotations/instances_<split>.json`` and ``<split>/``), ``'shapes'`` (the
-  synthetic dataset, generated under ``root`` on first use, then read by the
-  COCO reader), ``'voc'`` (``root`` is the ``VOCdevkit`` folder, split e.g.
-  ``'2007_trainval+2012_trainval'``), ``'tfds'`` (``tfds_name`` prepared in
-  ``tfds_data_dir`` in array_record format).
-  """
-  name = data_config.name
-  if name in ('coco', 'shapes'):
-    from frcnn_jax.data import coco  # pylint: disable=g-import-not-at-top
-    if name == 'shapes':
-      from frcnn_jax.data import shapes  # pylint: disable=g-import-not-at-top
-      shapes.ensure_shapes_dataset(data_config.root, data_config.shapes,
-                                   seed=int(data_config.shapes.seed))
-    return coco.build_coco_source(data_config, split)
-  if name == 'voc':
-    from frcnn_jax.data import voc  # pylint: disable=g-import-not-at-top
-    return voc.build_voc_source(data_config, split)
-  if name == 'tfds':
-    from frcnn_jax.data import tfds  # pylint: disable=g-import-not-at-top
-    return tfds.build_tfds_source(data_config, split)
-  raise ValueError(f"data.name must be 'shapes', 'coco', 'voc' or 'tfds', "
-                   f'got {name!r}')
-
 
 def combine_sources(sources: Sequence[DetectionSource],
                     name: str) -> DetectionSource:
@@ -589,7 +378,6 @@ def combine_sources(sources: Sequence[DetectionSource],
       cat_ids=first.cat_ids, reader=first.reader, stats=stats,
       coco_gt_fn=functools.partial(_merged_coco_gt, list(sources)),
       has_annotations=all(s.has_annotations for s in sources))
-
 
 def _merged_coco_gt(sources: Sequence[DetectionSource]):
   images, anns = [], []

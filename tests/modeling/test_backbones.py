@@ -1,4 +1,4 @@
-"""Tests of frcnn_jax/backbones.py (shapes, freezing, dtypes, abstract builds).
+"""Tests of frcnn_jax/modeling/backbones.py (shapes, freezing, dtypes, abstract builds).
 
 Numerical equality with PyTorch networks is in test_weights_backbone.py.
 """
@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from frcnn_jax import backbones as bb
+from frcnn_jax.modeling import backbones as bb
 
 
 def small_resnet(*, norm="frozen_bn", fixed_blocks=1, stride_in_1x1=False,

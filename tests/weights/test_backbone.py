@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from frcnn_jax import backbones as bb
+from frcnn_jax.modeling import backbones as bb
 from frcnn_jax import weights as wt
 
 torch = pytest.importorskip("torch")

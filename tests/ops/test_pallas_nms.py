@@ -18,7 +18,7 @@ import pytest
 
 from ops import nms as nms_lib
 from ops import pallas_nms
-from tests.test_nms import random_boxes, reference
+from tests.ops.test_nms import random_boxes, reference
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 1.0)
 N_PAD = 300  # Sorted list padded to 512 = two blocks of 256 rows.

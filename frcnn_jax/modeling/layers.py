@@ -1,0 +1,198 @@
+"""Layers shared by the backbones and heads: initialisers, frozen BatchNorm,
+normalisation choice, convolutions and the ceil-mode max pool.
+
+Conventions: NHWC activations, HWIO kernels; frozen statistics and
+parameters are their own nnx variable types (``FrozenStat``,
+``FrozenParam``) so that the train step can leave them out of the gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+Dtype = Any
+
+NORMS = ("frozen_bn", "group")
+
+
+BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default, used by both weight sets.
+
+
+GN_EPSILON = 1e-5  # torch.nn.GroupNorm's default.
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _normal_bucket(key: Array, size: int, std: Array) -> Array:
+  return jax.random.normal(key, (size,), jnp.float32) * std
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _take_reshape(x: Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
+  return x[:math.prod(shape)].reshape(shape).astype(dtype)
+
+
+def _flat_normal(key: Array, shape: Sequence[int], dtype: Dtype,
+                 std: float) -> Array:
+  """N(0, std^2) samples of `shape`, drawn as a power-of-two-long vector.
+
+  Same distribution as jax.random.normal(key, shape) * std (other values).
+  Compiling XLA:CPU's normal sampler costs ~0.3 s per distinct shape and
+  dominated the eager construction of the networks; drawing a flat vector
+  whose length is rounded up to a power of two leaves a handful of distinct
+  sampler programs per process (and the waste is < 2x of a cheap op).
+  """
+  shape = tuple(int(d) for d in shape)
+  n = max(1, math.prod(shape))
+  size = max(1024, 1 << (n - 1).bit_length())
+  flat = _normal_bucket(key, size, jnp.float32(std))
+  return _take_reshape(flat, shape, jnp.dtype(dtype))
+
+
+def conv_kernel_init(key: Array, shape: Sequence[int],
+                     dtype: Dtype = jnp.float32) -> Array:
+  """torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu').
+
+  HWIO kernel [kh,kw,I,O]: std = sqrt(2 / (kh * kw * O)), untruncated normal.
+  """
+  fan_out = math.prod(shape[:-2]) * shape[-1]
+  return _flat_normal(key, shape, dtype, math.sqrt(2.0 / fan_out))
+
+
+def linear_kernel_init(key: Array, shape: Sequence[int],
+                       dtype: Dtype = jnp.float32) -> Array:
+  """torchvision VGG's nn.init.normal_(weight, 0, 0.01)."""
+  return _flat_normal(key, shape, dtype, 0.01)
+
+
+class FrozenStat(nnx.Variable):
+  """An array that is loaded (or initialized) once and never changes.
+
+  Used for the four arrays of frozen BatchNorm. Not an `nnx.Param`: optimizers
+  built with `wrt=nnx.Param` skip it, and the layers that read it wrap it in
+  `jax.lax.stop_gradient`.
+  """
+
+
+class FrozenParam(nnx.Param):
+  """A parameter of a layer frozen by `fixed_blocks` (or VGG's conv1_x/2_x).
+
+  Still an `nnx.Param`; exclude it from training with
+  `nnx.All(nnx.Param, nnx.Not(FrozenParam))` (= `backbone.frozen_filter()`).
+  No gradient reaches it: the trunk stops gradients after the frozen stages.
+  """
+
+
+def freeze_params(module: nnx.Module) -> None:
+  """Turns every `nnx.Param` inside `module` into a `FrozenParam`, in place."""
+  for _, sub in nnx.iter_modules(module):
+    for name, value in list(vars(sub).items()):
+      if isinstance(value, nnx.Param) and not isinstance(value, FrozenParam):
+        setattr(sub, name, FrozenParam(value.get_value()))
+
+
+class FrozenBatchNorm(nnx.Module):
+  """BatchNorm in inference mode with frozen affine parameters and statistics.
+
+  y = (x - mean) / sqrt(var + epsilon) * scale + bias, per channel (last axis).
+  The per-channel factor and offset are computed in float32, then the
+  product is taken in the compute dtype. No gradient flows to the arrays.
+  """
+
+  def __init__(self, num_features: int, *, epsilon: float = BN_EPSILON,
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
+    self.num_features = num_features
+    self.epsilon = epsilon
+    self.dtype = dtype
+    self.scale = FrozenStat(jnp.ones((num_features,), param_dtype))
+    self.bias = FrozenStat(jnp.zeros((num_features,), param_dtype))
+    self.mean = FrozenStat(jnp.zeros((num_features,), param_dtype))
+    self.var = FrozenStat(jnp.ones((num_features,), param_dtype))
+
+  def __call__(self, x: Array) -> Array:
+    """x [..., C] -> [..., C] in the compute dtype."""
+    get = lambda v: jax.lax.stop_gradient(v[...].astype(jnp.float32))
+    factor = get(self.scale) * jax.lax.rsqrt(get(self.var) + self.epsilon)
+    offset = get(self.bias) - get(self.mean) * factor
+    x = x.astype(self.dtype)
+    return x * factor.astype(self.dtype) + offset.astype(self.dtype)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  for g in range(min(n, limit), 0, -1):
+    if n % g == 0:
+      return g
+  return 1
+
+
+def make_norm(norm: str, num_features: int, *, gn_groups: int, dtype: Dtype,
+              param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds a normalization layer over the last axis.
+
+  Args:
+    norm: 'frozen_bn' or 'group'.
+    num_features: channels C.
+    gn_groups: GroupNorm groups; the largest divisor of C not above it is
+      used (so 16 channels with gn_groups=32 get 16 groups).
+    dtype: compute dtype.
+    param_dtype: storage dtype.
+    rngs: unused by both norms (their inits are constant); kept for symmetry.
+  """
+  if norm == "frozen_bn":
+    return FrozenBatchNorm(num_features, dtype=dtype, param_dtype=param_dtype)
+  if norm == "group":
+    return nnx.GroupNorm(
+        num_features, num_groups=_largest_divisor_at_most(num_features, gn_groups),
+        epsilon=GN_EPSILON, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, *,
+         padding: int, use_bias: bool = False, dtype: Dtype, param_dtype: Dtype,
+         rngs: nnx.Rngs) -> nnx.Conv:
+  """A square conv with symmetric explicit padding (PyTorch's semantics)."""
+  return nnx.Conv(
+      in_features, out_features, (kernel, kernel), (stride, stride),
+      padding=((padding, padding), (padding, padding)), use_bias=use_bias,
+      dtype=dtype, param_dtype=param_dtype, kernel_init=conv_kernel_init,
+      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+def pool_output_size(n: int, kernel: int, stride: int, padding: int,
+                     ceil_mode: bool) -> int:
+  """PyTorch MaxPool2d output size along one axis (incl. its ceil-mode rule)."""
+  if ceil_mode:
+    out = -(-(n + 2 * padding - kernel) // stride) + 1
+    # PyTorch drops a last window that would start in the right padding.
+    if (out - 1) * stride >= n + padding:
+      out -= 1
+  else:
+    out = (n + 2 * padding - kernel) // stride + 1
+  return out
+
+
+def max_pool(x: Array, kernel: int, stride: int, padding: int,
+             ceil_mode: bool) -> Array:
+  """PyTorch's MaxPool2d on NHWC: x [B,H,W,C] -> [B,h,w,C] (-inf padding)."""
+  pads = [(0, 0)]
+  for n in x.shape[1:3]:
+    out = pool_output_size(n, kernel, stride, padding, ceil_mode)
+    if out < 1:
+      raise ValueError(f"input of size {n} is too small for a {kernel}x{kernel}"
+                       f"/{stride} max pool with padding {padding}")
+    hi = max(0, (out - 1) * stride + kernel - n - padding)
+    pads.append((padding, hi))
+  pads.append((0, 0))
+  # A concrete (numpy) init value: JAX recognizes max with -inf as the
+  # differentiable max-pool reduction only when the init is not a tracer.
+  init = np.array(-np.inf, dtype=x.dtype)
+  return jax.lax.reduce_window(x, init, jax.lax.max, (1, kernel, kernel, 1),
+                               (1, stride, stride, 1), pads)
