@@ -244,3 +244,159 @@ def decode(deltas: jnp.ndarray, anchors: jnp.ndarray,
     x2 = x2 - 1.0
     y2 = y2 - 1.0
   return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, x2, y2], axis=-1)
+
+
+# ==========================================================================
+# torchvision convention (FPN models: fasterrcnn_resnet50_fpn[_v2])
+#
+# Everything below follows torchvision.models.detection, NOT the seed's
+# inclusive-pixel convention above: a box (x1, y1, x2, y2) has w = x2 - x1 and
+# h = y2 - y1 (no +1), centre x1 + 0.5 * w, and decoded corners are
+# ctr -+ 0.5 * w (no -1). The box coder takes torchvision's `weights`
+# (wx, wy, ww, wh), which *multiply* the encoded deltas (the seed's `stds`
+# divide them): (1, 1, 1, 1) for the RPN, (10, 10, 5, 5) for the box head.
+# The arithmetic is torchvision's, in its order, in float32, so results agree
+# with it to float32 rounding (exp/log may differ by an ulp).
+# ==========================================================================
+
+# torchvision's BoxCoder weights of its Faster R-CNN.
+RPN_WEIGHTS_TV = (1.0, 1.0, 1.0, 1.0)
+BOX_HEAD_WEIGHTS_TV = (10.0, 10.0, 5.0, 5.0)
+
+
+def area_tv(boxes: jnp.ndarray) -> jnp.ndarray:
+  """torchvision's ``box_area``: ``(x2 - x1) * (y2 - y1)`` of ``[..., 4]``
+  boxes -> ``[...]`` (no +1; an inverted box can have a negative area, as in
+  torchvision)."""
+  return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def iou_tv(boxes1: jnp.ndarray, boxes2: jnp.ndarray) -> jnp.ndarray:
+  """Pairwise IoU as torchvision's ``box_iou`` (no +1), ``[N,4] x [M,4] ->
+  [N,M]`` float32.
+
+  ``inter = clamp(min(x2) - max(x1), 0) * clamp(min(y2) - max(y1), 0)``,
+  ``union = area1 + area2 - inter`` (:func:`area_tv`). Where torchvision
+  divides 0 by 0 (two empty boxes, e.g. padding) or gets a non-finite value,
+  this returns 0 instead of NaN; elsewhere it is torchvision's value.
+  """
+  b1 = boxes1[:, None, :]
+  b2 = boxes2[None, :, :]
+  iw = jnp.maximum(jnp.minimum(b1[..., 2], b2[..., 2])
+                   - jnp.maximum(b1[..., 0], b2[..., 0]), 0.0)
+  ih = jnp.maximum(jnp.minimum(b1[..., 3], b2[..., 3])
+                   - jnp.maximum(b1[..., 1], b2[..., 1]), 0.0)
+  inter = iw * ih
+  union = area_tv(boxes1)[:, None] + area_tv(boxes2)[None, :] - inter
+  ok = union != 0
+  out = inter / jnp.where(ok, union, 1.0)
+  return jnp.where(ok & jnp.isfinite(out), out, 0.0)
+
+
+def _centers_sizes_tv(boxes):
+  w = boxes[..., 2] - boxes[..., 0]
+  h = boxes[..., 3] - boxes[..., 1]
+  return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
+def _positive(x):
+  """Non-positive (or NaN) sizes -> _MIN_SIZE, so encode_tv stays finite."""
+  return jnp.where(x > 0, x, _MIN_SIZE)
+
+
+def encode_tv(boxes: jnp.ndarray, anchors: jnp.ndarray,
+              weights: Sequence[float]) -> jnp.ndarray:
+  """Regression targets of ``boxes`` w.r.t. ``anchors``, torchvision's
+  ``BoxCoder(weights).encode_single(boxes, anchors)`` (``encode_boxes``).
+
+  With ``w = x2 - x1``, ``ctr_x = x1 + 0.5 * w`` (y alike, no +1):
+  ``dx = wx * (ctr_x - a_ctr_x) / a_w``, ``dy = wy * (ctr_y - a_ctr_y) / a_h``,
+  ``dw = ww * log(w / a_w)``, ``dh = wh * log(h / a_h)``.
+
+  Args:
+    boxes: ``[..., 4]`` float32 target boxes (torchvision convention).
+    anchors: ``[..., 4]`` float32 reference boxes (anchors or proposals),
+      broadcastable to ``boxes``.
+    weights: ``(wx, wy, ww, wh)``: :data:`RPN_WEIGHTS_TV` or
+      :data:`BOX_HEAD_WEIGHTS_TV`.
+
+  Returns:
+    ``[..., 4]`` float32 ``(dx, dy, dw, dh)``. For positive sizes exactly
+    torchvision's formula. Non-positive widths/heights (padded or degenerate
+    boxes, where torchvision gives inf/NaN) are replaced by 1e-3 so the result
+    stays finite (a NaN target, even a masked one, poisons gradients).
+  """
+  bx, by, bw, bh = _centers_sizes_tv(boxes)
+  ax, ay, aw, ah = _centers_sizes_tv(anchors)
+  aw, ah, bw, bh = _positive(aw), _positive(ah), _positive(bw), _positive(bh)
+  wx, wy, ww, wh = (jnp.asarray(v, boxes.dtype) for v in weights)
+  return jnp.stack([wx * (bx - ax) / aw,
+                    wy * (by - ay) / ah,
+                    ww * jnp.log(bw / aw),
+                    wh * jnp.log(bh / ah)], axis=-1)
+
+
+def decode_tv(deltas: jnp.ndarray, anchors: jnp.ndarray,
+              weights: Sequence[float],
+              clamp: float = BBOX_XFORM_CLIP) -> jnp.ndarray:
+  """Applies ``deltas`` to ``anchors``, torchvision's
+  ``BoxCoder(weights, bbox_xform_clip=clamp).decode_single``.
+
+  ``dx = deltas[0] / wx`` (etc.), then ``dw, dh`` are clamped above at
+  ``clamp`` (default ``log(1000 / 16)``, torchvision's), ``ctr = dx * a_w +
+  a_ctr_x``, ``w = exp(dw) * a_w``, and the box is ``ctr -+ 0.5 * w`` (no
+  -1), with ``a_w = x2 - x1``, ``a_ctr_x = x1 + 0.5 * a_w`` (y alike).
+  :func:`decode_tv` inverts :func:`encode_tv` up to rounding.
+
+  Args:
+    deltas: ``[..., 4]`` float32 ``(dx, dy, dw, dh)``. torchvision's per-class
+      ``[N, K * 4]`` codes are ``deltas.reshape(N, K, 4)`` with
+      ``anchors[:, None]``.
+    anchors: ``[..., 4]`` float32 reference boxes, broadcastable to ``deltas``.
+    weights: ``(wx, wy, ww, wh)`` that divide the deltas.
+    clamp: upper bound of ``dw``/``dh`` after the division.
+
+  Returns:
+    ``[..., 4]`` float32 boxes, torchvision convention, unclipped. NaN deltas
+    give NaN boxes, as torchvision (:func:`remove_small_tv` drops them).
+  """
+  anchors = anchors.astype(deltas.dtype)
+  ax, ay, aw, ah = _centers_sizes_tv(anchors)
+  wx, wy, ww, wh = weights
+  dx = deltas[..., 0] / wx
+  dy = deltas[..., 1] / wy
+  dw = jnp.minimum(deltas[..., 2] / ww, clamp)
+  dh = jnp.minimum(deltas[..., 3] / wh, clamp)
+  cx = dx * aw + ax
+  cy = dy * ah + ay
+  half_w = 0.5 * (jnp.exp(dw) * aw)
+  half_h = 0.5 * (jnp.exp(dh) * ah)
+  return jnp.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h],
+                   axis=-1)
+
+
+def clip_tv(boxes: jnp.ndarray, height, width) -> jnp.ndarray:
+  """torchvision's ``clip_boxes_to_image``: x to ``[0, width]``, y to
+  ``[0, height]`` (no -1).
+
+  ``height``/``width`` may be Python numbers, traced scalars (the resized
+  image size, e.g. from ``im_info``) or arrays broadcasting against
+  ``boxes[..., 0]``. NaN stays NaN, as in torchvision.
+  """
+  xmax = jnp.asarray(width, boxes.dtype)
+  ymax = jnp.asarray(height, boxes.dtype)
+  x1 = jnp.clip(boxes[..., 0], 0.0, xmax)
+  y1 = jnp.clip(boxes[..., 1], 0.0, ymax)
+  x2 = jnp.clip(boxes[..., 2], 0.0, xmax)
+  y2 = jnp.clip(boxes[..., 3], 0.0, ymax)
+  return jnp.stack([x1, y1, x2, y2], axis=-1)
+
+
+def remove_small_tv(boxes: jnp.ndarray, min_size: float) -> jnp.ndarray:
+  """torchvision's ``remove_small_boxes`` as a mask: ``[..., 4] -> [...]``
+  bool, True where ``x2 - x1 >= min_size`` and ``y2 - y1 >= min_size``
+  (False for NaN boxes). torchvision returns the kept indices instead; with
+  static shapes the caller ANDs this into its valid mask."""
+  w = boxes[..., 2] - boxes[..., 0]
+  h = boxes[..., 3] - boxes[..., 1]
+  return (w >= min_size) & (h >= min_size)

@@ -248,3 +248,114 @@ def test_xywh_round_trip(rng):
 
 def test_xyxy_to_xywh_clamps_inverted():
   np.testing.assert_array_equal(B.xyxy_to_xywh([10, 10, 3, 20]), [10, 10, 0, 11])
+
+
+# ===========================================================================
+# torchvision convention (*_tv functions, FPN models), against torchvision's
+# own BoxCoder and box ops. Separate block: keep other tests above it.
+# ===========================================================================
+
+def _tv_random_boxes(rng, n, size=800.0, min_wh=1.0):
+  xy = rng.uniform(-50, size, (n, 2))
+  wh = rng.uniform(min_wh, size / 2, (n, 2))
+  return np.concatenate([xy, xy + wh], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("weights", [B.RPN_WEIGHTS_TV, B.BOX_HEAD_WEIGHTS_TV])
+def test_encode_tv_equals_torchvision(rng, weights):
+  torch = pytest.importorskip("torch")
+  from torchvision.models.detection._utils import BoxCoder
+  anchors = _tv_random_boxes(rng, 300)
+  boxes = _tv_random_boxes(rng, 300)
+  ref = BoxCoder(weights).encode_single(torch.from_numpy(boxes),
+                                        torch.from_numpy(anchors)).numpy()
+  out = np.asarray(B.encode_tv(boxes, anchors, weights))
+  assert out.dtype == np.float32
+  np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(B.encode_tv, static_argnums=2)(
+      boxes, anchors, weights), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("weights", [B.RPN_WEIGHTS_TV, B.BOX_HEAD_WEIGHTS_TV])
+def test_decode_tv_equals_torchvision(rng, weights):
+  torch = pytest.importorskip("torch")
+  from torchvision.models.detection._utils import BoxCoder
+  anchors = _tv_random_boxes(rng, 300)
+  deltas = rng.normal(0, 1, (300, 4)).astype(np.float32) * np.float32(
+      weights[0] / 4)
+  deltas[:5, 2:] = [[50, 1e4], [-50, 30], [np.inf, 0], [0, -np.inf], [8, 8]]
+  coder = BoxCoder(weights)
+  ref = coder.decode_single(torch.from_numpy(deltas),
+                            torch.from_numpy(anchors)).numpy()
+  assert np.isfinite(ref).all()  # the clamp at log(1000/16) is exercised
+  out = np.asarray(B.decode_tv(deltas, anchors, weights))
+  np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-4)
+  np.testing.assert_allclose(jax.jit(B.decode_tv, static_argnums=2)(
+      deltas, anchors, weights), ref, rtol=1e-6, atol=1e-4)
+  # torchvision's per-class layout: codes [N, K*4] against boxes [N, 4].
+  codes = rng.normal(0, 1, (40, 3 * 4)).astype(np.float32)
+  ref = coder.decode_single(torch.from_numpy(codes),
+                            torch.from_numpy(anchors[:40])).numpy()
+  out = B.decode_tv(codes.reshape(40, 3, 4), anchors[:40, None], weights)
+  np.testing.assert_allclose(np.asarray(out).reshape(40, 12), ref, rtol=1e-6,
+                             atol=1e-4)
+
+
+def test_decode_tv_inverts_encode_tv_and_hand_value(rng):
+  # Sizes within a factor 62.5 of each other (beyond, decode clamps dw/dh).
+  anchors = _tv_random_boxes(rng, 100, min_wh=20.0)
+  boxes = _tv_random_boxes(rng, 100, min_wh=20.0)
+  for w in (B.RPN_WEIGHTS_TV, B.BOX_HEAD_WEIGHTS_TV):
+    d = B.encode_tv(boxes, anchors, w)
+    np.testing.assert_allclose(B.decode_tv(d, anchors, w), boxes, rtol=1e-5,
+                               atol=1e-3)
+  # No +1 / -1: a 10x20 anchor at (0, 0); dx = 0.5 shifts by 5 px; dw = log 2
+  # doubles the width around the centre (5, 10).
+  a = jnp.array([[0, 0, 10, 20]], jnp.float32)
+  d = jnp.array([[0.5, 0, math.log(2), 0]], jnp.float32)
+  np.testing.assert_allclose(B.decode_tv(d, a, B.RPN_WEIGHTS_TV),
+                             [[0, 0, 20, 20]], atol=1e-5)
+  np.testing.assert_allclose(B.encode_tv(jnp.array([[0, 0, 20, 20.]]), a,
+                                         B.BOX_HEAD_WEIGHTS_TV),
+                             [[5, 0, 5 * math.log(2), 0]], atol=1e-5)
+
+
+def test_encode_tv_degenerate_is_finite():
+  a = jnp.array([[0, 0, 16, 16], [5, 5, 5, 3], [0, 0, 0, 0]], jnp.float32)
+  b = jnp.array([[9, 9, 3, 9], [0, 0, 16, 16], [0, 0, 0, 0]], jnp.float32)
+  out = np.asarray(B.encode_tv(b, a, B.BOX_HEAD_WEIGHTS_TV))
+  assert np.isfinite(out).all()
+
+
+def test_clip_tv_and_remove_small_tv_equal_torchvision(rng):
+  torch = pytest.importorskip("torch")
+  from torchvision.ops import boxes as box_ops
+  b = _tv_random_boxes(rng, 200, size=900.0, min_wh=-5.0)
+  b[:3] = [[-5, -3, 700, 20], [np.nan, np.inf, -np.inf, 3], [1, 2, 1.5, 2]]
+  ref = box_ops.clip_boxes_to_image(torch.from_numpy(b), (600, 800)).numpy()
+  out = np.asarray(B.clip_tv(b, 600, 800))
+  np.testing.assert_array_equal(out, ref)  # NaN stays NaN in both
+  np.testing.assert_array_equal(out[0], [0, 0, 700, 20])
+  for min_size in (1e-3, 0.5, 16.0):
+    keep = box_ops.remove_small_boxes(torch.tensor(out), min_size).numpy()
+    mask = np.asarray(B.remove_small_tv(out, min_size))
+    np.testing.assert_array_equal(np.flatnonzero(mask), keep)
+  # Traced sizes, vmapped over images.
+  hw = jnp.array([[600, 800], [50, 60]], jnp.float32)
+  out = jax.jit(jax.vmap(B.clip_tv))(jnp.stack([b, b]), hw[:, 0], hw[:, 1])
+  np.testing.assert_array_equal(out[1, 0], [0, 0, 60, 20])
+
+
+def test_iou_tv_equals_torchvision(rng):
+  torch = pytest.importorskip("torch")
+  from torchvision.ops import boxes as box_ops
+  x = _tv_random_boxes(rng, 40, size=200.0)
+  y = _tv_random_boxes(rng, 30, size=200.0)
+  ref = box_ops.box_iou(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+  np.testing.assert_allclose(B.iou_tv(x, y), ref, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(
+      B.iou_tv(jnp.array([[0, 0, 10, 10.]]), jnp.array([[5, 0, 15, 10.]])),
+      [[50 / 150]], rtol=1e-6)
+  # Empty/padded pairs: 0 where torchvision divides 0 by 0.
+  z = jnp.zeros((2, 4), jnp.float32)
+  np.testing.assert_array_equal(B.iou_tv(z, z), 0)
