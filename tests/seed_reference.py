@@ -83,8 +83,8 @@ nn = torch.nn
 F = torch.nn.functional
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.test_weights_backbone import TorchResNet, randomize  # noqa: E402
-from tests.test_weights_detector import RPN_CHANNELS, TorchRPN, WIDTHS, save_frcnn  # noqa: E402
+from tests.weights.test_backbone import TorchResNet, randomize  # noqa: E402
+from tests.weights.test_frcnn_pytorch import RPN_CHANNELS, TorchRPN, WIDTHS, save_frcnn  # noqa: E402
 
 # cfg.PIXEL_MEANS: float64, BGR, shape [1, 1, 3] as in the seed's config.
 PIXEL_MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])
@@ -122,7 +122,7 @@ class SeedFasterRCNN(nn.Module):
   """faster-rcnn.pytorch's ResNet detector at any widths (its parameter names).
 
   With the default widths the keys and shapes are those of
-  ``tests.test_weights_detector.TorchFasterRCNN``; with
+  ``tests.weights.test_frcnn_pytorch.TorchFasterRCNN``; with
   ``layers=(3, 4, 23, 3), widths=(64, 128, 256, 512), rpn_channels=512`` it is
   the seed's ResNet-101 (``load_seed_checkpoint`` infers these).
   """

@@ -16,7 +16,7 @@ pytest.importorskip("cv2")
 # pylint: disable-next=g-import-not-at-top,wrong-import-position
 from tests import seed_reference as sr  # noqa: E402
 # pylint: disable-next=g-import-not-at-top,wrong-import-position
-from tests.test_weights_detector import TorchFasterRCNN  # noqa: E402
+from tests.weights.test_frcnn_pytorch import TorchFasterRCNN  # noqa: E402
 
 
 def nms_cpu_numpy(dets, thresh):
