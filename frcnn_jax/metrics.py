@@ -167,6 +167,7 @@ def coco_evaluate(
     image_ids: Sequence[int] | None = None,
     class_names: Mapping[int, str] | Sequence[str] | None = None,
     verbose: bool = False,
+    pr_curves: bool = False,
 ) -> dict[str, Any]:
   """Runs pycocotools' COCOeval('bbox') on COCO results entries.
 
@@ -183,12 +184,18 @@ def coco_evaluate(
       sequence in sorted-category-id order, with or without a background
       entry at index 0. Default: the names in `coco_gt`.
     verbose: let pycocotools print its progress and summary.
+    pr_curves: also return the per-class precision/recall curves.
 
   Returns:
     {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
     "ARs", "ARm", "ARl": float (COCOeval.stats; -1 = undefined),
-    "per_class_AP": {name: AP@[.5:.95]}, "per_class_AP50": {name: AP@.5}}
-    (area all, 100 detections; -1 for a class without ground truth).
+    "summary": the 12 lines ``COCOeval.summarize()`` prints, verbatim,
+    "per_class_AP", "per_class_AP50", "per_class_AP75", "per_class_AR100":
+    {name: value} (area all, 100 detections; -1 for a class without ground
+    truth), "per_class_num_gt": {name: non-crowd boxes}} and, with
+    ``pr_curves``, "pr_curves": {"recall": [101 recall thresholds],
+    "precision": {name: {"0.5": [101], "0.75": [101]}}} (COCOeval's
+    interpolated precision; -1 where undefined).
 
   Raises:
     ValueError: a result refers to an image that is not in `coco_gt`.
@@ -224,21 +231,52 @@ def coco_evaluate(
       ev.params.imgIds = sorted(int(i) for i in image_ids)
     ev.evaluate()
     ev.accumulate()
+  summary = io.StringIO()
+  with contextlib.redirect_stdout(summary):
     ev.summarize()
+  if verbose:
+    print(summary.getvalue(), end="")
   metrics: dict[str, Any] = {
       k: float(v) for k, v in zip(COCO_METRIC_NAMES, ev.stats)}
+  # pycocotools' own 12 lines, verbatim (what users grep for).
+  metrics["summary"] = summary.getvalue().rstrip("\n").split("\n")
   # precision: [T iou thresholds, R recall thresholds, K cats, A areas, M maxdets]
   precision = ev.eval["precision"]
+  recall = ev.eval["recall"]       # [T, K, A, M]
   iou_thrs = np.asarray(ev.params.iouThrs)
   i50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
-  per_ap, per_ap50 = {}, {}
+  i75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
+  num_gt = _coco_gt_counts(ev)
+  per = {k: {} for k in ("per_class_AP", "per_class_AP50", "per_class_AP75",
+                         "per_class_AR100", "per_class_num_gt")}
+  curves = {}
   for k, cat in enumerate(ev.params.catIds):
+    name = names.get(cat, str(cat))
     p = precision[:, :, k, 0, -1]
-    per_ap[names.get(cat, str(cat))] = _mean_defined(p)
-    per_ap50[names.get(cat, str(cat))] = _mean_defined(p[i50])
-  metrics["per_class_AP"] = per_ap
-  metrics["per_class_AP50"] = per_ap50
+    per["per_class_AP"][name] = _mean_defined(p)
+    per["per_class_AP50"][name] = _mean_defined(p[i50])
+    per["per_class_AP75"][name] = _mean_defined(p[i75])
+    per["per_class_AR100"][name] = _mean_defined(recall[:, k, 0, -1])
+    per["per_class_num_gt"][name] = int(num_gt.get(cat, 0))
+    curves[name] = {"0.5": p[i50].tolist(), "0.75": p[i75].tolist()}
+  metrics.update(per)
+  if pr_curves:
+    metrics["pr_curves"] = {
+        "recall": [float(r) for r in ev.params.recThrs],
+        "precision": curves,
+        "source": "COCOeval precision, area all, maxDets 100 (-1: no "
+                  "ground truth)"}
   return metrics
+
+
+def _coco_gt_counts(ev) -> dict[int, int]:
+  """Non-crowd ground-truth boxes per category among the evaluated images."""
+  img_ids = set(ev.params.imgIds)
+  counts: dict[int, int] = {}
+  for a in ev.cocoGt.dataset.get("annotations", []):
+    if a["image_id"] in img_ids and not a.get("iscrowd", 0):
+      counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
+  return counts
 
 
 def _fmt(v: float) -> str:
@@ -247,26 +285,43 @@ def _fmt(v: float) -> str:
 
 
 def format_coco_table(metrics: Mapping[str, Any]) -> str:
-  """The 12-number COCO summary, then per-class AP, as a plain-text table.
+  """pycocotools' 12 summary lines verbatim, then a per-class table.
 
   Args:
-    metrics: a dict from `coco_evaluate`.
+    metrics: a dict from `coco_evaluate`. Without ``"summary"`` (an older
+      metrics.json) the 12 numbers are printed in pycocotools' layout.
 
   Returns:
-    A multi-line string; undefined (-1) values print as "n/a".
+    A multi-line string; undefined (-1) values print as "n/a" in the
+    per-class table (pycocotools prints -1.000 in its own lines).
   """
-  lines = ["COCO bbox", f"{'metric':<8}{'':2}{'':50}{'value':>7}"]
-  for name, label in zip(COCO_METRIC_NAMES, _COCO_METRIC_LABELS):
-    if name in metrics:
-      lines.append(f"{name:<8}  {label:<50} {_fmt(metrics[name])}")
+  lines = list(metrics.get("summary") or [])
+  if not lines:
+    for name, label in zip(COCO_METRIC_NAMES, _COCO_METRIC_LABELS):
+      if name in metrics:
+        kind = "Precision" if name.startswith("AP") else "Recall"
+        short = "AP" if name.startswith("AP") else "AR"
+        iou, area, dets = [x.split("=")[1].strip() for x in
+                           label.split("@[")[1].rstrip("]").split("|")]
+        lines.append(f" {'Average ' + kind:<18} ({short}) @[ IoU={iou:<9} | "
+                     f"area={area:>6s} | maxDets={dets:>3s} ] = "
+                     f"{metrics[name]:0.3f}")
   per = metrics.get("per_class_AP")
   if per:
-    per50 = metrics.get("per_class_AP50", {})
+    cols = [("AP", "per_class_AP"), ("AP50", "per_class_AP50"),
+            ("AP75", "per_class_AP75"), ("AR100", "per_class_AR100")]
+    cols = [(t, k) for t, k in cols if k in metrics]
+    num_gt = metrics.get("per_class_num_gt")
     w = max(8, max(len(n) for n in per))
     lines.append("")
-    lines.append(f"{'class':<{w}}  {'AP':>6}  {'AP50':>6}")
-    for n, ap in per.items():
-      lines.append(f"{n:<{w}}  {_fmt(ap)}  {_fmt(per50.get(n, UNDEFINED))}")
+    lines.append(f"{'class':<{w}}" + "".join(f"  {t:>6}" for t, _ in cols)
+                 + ("  {:>6}".format("#gt") if num_gt is not None else ""))
+    for n in per:
+      row = f"{n:<{w}}" + "".join(
+          f"  {_fmt(metrics[k].get(n, UNDEFINED))}" for _, k in cols)
+      if num_gt is not None:
+        row += f"  {num_gt.get(n, 0):>6d}"
+      lines.append(row)
   return "\n".join(lines)
 
 

@@ -197,7 +197,43 @@ def test_coco_known_ap_by_hand():
     assert m[k] == pytest.approx(2 / 3), k
   assert m["per_class_AP"]["thing"] == pytest.approx(expected)
   assert m["per_class_AP50"]["thing"] == pytest.approx(expected)
-  assert "n/a" in M.format_coco_table(m)
+  assert m["per_class_AP75"]["thing"] == pytest.approx(expected)
+  assert m["per_class_AR100"]["thing"] == pytest.approx(2 / 3)
+  assert m["per_class_num_gt"]["thing"] == 3
+  table = M.format_coco_table(m)
+  assert "-1.000" in table and "thing" in table
+  # The PR curve at IoU .5: the interpolated precision by hand.
+  m = M.coco_evaluate(gt, results, pr_curves=True)
+  curve = m["pr_curves"]["precision"]["thing"]["0.5"]
+  assert len(m["pr_curves"]["recall"]) == 101
+  np.testing.assert_allclose(curve, [1.0] * 34 + [2 / 3] * 33 + [0.0] * 34)
+
+
+def test_coco_summary_is_pycocotools_verbatim(capsys):
+  """The 12 summary lines are exactly what COCOeval.summarize() prints, and
+  the fallback for a metrics dict without them renders the same text."""
+  import contextlib
+  import io
+  from pycocotools.cocoeval import COCOeval
+  gboxes = {1: [10, 10, 50, 50], 2: [60, 60, 40, 50]}
+  gt = make_coco_gt([1, 2], [(i, 1, b) for i, b in gboxes.items()],
+                    [(1, "thing")])
+  results = [{"image_id": 1, "category_id": 1, "bbox": [12, 10, 50, 50],
+              "score": 0.9}]
+  m = M.coco_evaluate(gt, results)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+  with contextlib.redirect_stdout(out := io.StringIO()):
+    ev.summarize()
+  want = out.getvalue().rstrip("\n").split("\n")
+  assert len(want) == 12 and m["summary"] == want
+  table = M.format_coco_table(m)
+  assert table.split("\n")[:12] == want
+  no_summary = {k: v for k, v in m.items() if k != "summary"}
+  assert M.format_coco_table(no_summary) == table
 
 
 def test_coco_image_ids_subset_and_class_names():
