@@ -16,10 +16,9 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
-
 from frcnn_jax import checkpoints
 from frcnn_jax import compiler_options
+from frcnn_jax import console
 from frcnn_jax import data as data_lib
 from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import parallel
@@ -62,8 +61,9 @@ def predict_dataset(predict_fn, params, rest, loader, mesh, *,
   seen = 0
   show = jax.process_index() == 0
   total = len(loader)
-  with tqdm(total=total, desc=desc, unit="batch", disable=not show,
-            dynamic_ncols=True) as bar:
+  # A bar on a terminal only: a log gets no per-batch output.
+  with console.Progress(total, desc=desc, unit="batch",
+                        enabled=show) as bar:
     for batch in loader:
       g = parallel.global_batch(
           {k: batch[k] for k in ("image", "im_info", "image_id")}, mesh)
@@ -73,7 +73,7 @@ def predict_dataset(predict_fn, params, rest, loader, mesh, *,
       parts.append({k: v[keep] for k, v in out.items()})
       seen += int(keep.sum())
       bar.update(1)
-      bar.set_postfix(images=seen)
+      bar.postfix(images=seen)
       if max_images is not None and seen >= max_images:
         break
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -148,15 +148,27 @@ def format_metrics(m: dict[str, Any]) -> str:
   return "\n\n".join(parts)
 
 
+def headline_names(metric: str) -> tuple[str, ...]:
+  """The names :func:`headline` gives for ``test.metric`` = ``metric``."""
+  names = ()
+  if metric in ("coco", "both"):
+    names += ("AP", "AP50", "AP75")
+  if metric in ("voc", "both"):
+    names += ("voc07_mAP", "voc_area_mAP")
+  return names
+
+
 def headline(m: dict[str, Any]) -> dict[str, float]:
-  """A few scalars for logs and TensorBoard."""
+  """A few scalars for logs and TensorBoard (training logs them as
+  ``eval/<name>``): ``AP``, ``AP50``, ``AP75`` (COCO), ``voc07_mAP``,
+  ``voc_area_mAP`` (VOC); nothing for a split without ground truth."""
   out = {}
   if "coco" in m:
     for k in ("AP", "AP50", "AP75"):
-      out[f"coco/{k}"] = float(m["coco"][k])
+      out[k] = float(m["coco"][k])
   if "voc07" in m:
-    out["voc07/mAP"] = float(m["voc07"]["mAP"])
-    out["voc_area/mAP"] = float(m["voc_area"]["mAP"])
+    out["voc07_mAP"] = float(m["voc07"]["mAP"])
+    out["voc_area_mAP"] = float(m["voc_area"]["mAP"])
   return out
 
 
