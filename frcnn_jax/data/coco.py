@@ -112,14 +112,15 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
   ann = _read_annotations(anns, table, cat_ids, ann_file, stats)
   # After the checks above, so that their messages name the file's own ids.
   complete_annotations(anns, ann_file, stats)
-  records = _records(table, ann, ann_file, stats)
+  dropped = {}
+  records = _records(table, ann, ann_file, stats, dropped)
   reader = images_lib.ImageReader(exif_transpose=exif_transpose)
   images_lib.check_files(records, verify_images, reader, name)
   return records_lib.DetectionSource(
       name=name, records=records, class_names=class_names, cat_ids=cat_ids,
       reader=reader, stats=stats,
       coco_gt_fn=functools.partial(_coco_gt_from_file, ann_file),
-      has_annotations=has_annotations)
+      has_annotations=has_annotations, dropped=dropped)
 
 
 def _read_categories(cats: list, ann_file: str) -> tuple[list[int],
@@ -180,6 +181,7 @@ class _Annotations:
   cls: np.ndarray        # int64 [m] contiguous class
   crowd: np.ndarray      # bool [m]
   ok: np.ndarray         # bool [m] known image and category
+  unknown_cat: np.ndarray  # bool [m] known image, unknown category
   ids: list              # the file's annotation ids (for messages)
   boxes: np.ndarray      # float64 [m, 4] inclusive corners, unchecked
 
@@ -191,7 +193,8 @@ def _read_annotations(anns: list, table: _ImageTable, cat_ids: list[int],
   a = _Annotations(image=np.zeros(len(anns), np.int64),
                    cls=np.zeros(len(anns), np.int64),
                    crowd=np.zeros(len(anns), bool),
-                   ok=np.ones(len(anns), bool), ids=[], boxes=None)
+                   ok=np.ones(len(anns), bool),
+                   unknown_cat=np.zeros(len(anns), bool), ids=[], boxes=None)
   bboxes = []
   for j, an in enumerate(anns):
     aid = an.get('id', j) if isinstance(an, dict) else j
@@ -222,6 +225,8 @@ def _read_annotations(anns: list, table: _ImageTable, cat_ids: list[int],
       stats.add('box_unknown_category', example=f'{ann_file}: {where}: field '
                 f'category_id {cid} is not in categories')
       a.ok[j] = False
+      a.unknown_cat[j] = True
+      a.image[j] = table.index_of[iid]
       continue
     a.image[j] = table.index_of[iid]
     a.cls[j] = contiguous[cid]
@@ -231,8 +236,9 @@ def _read_annotations(anns: list, table: _ImageTable, cat_ids: list[int],
 
 
 def _records(t: _ImageTable, a: _Annotations, ann_file: str,
-             stats: DropStats) -> list[Record]:
-  """Sanitised boxes (vectorised over all annotations) grouped by image."""
+             stats: DropStats, dropped: dict) -> list[Record]:
+  """Sanitised boxes (vectorised over all annotations) grouped by image;
+  the boxes left out go to ``dropped`` with their reason."""
   def where_of(sub):
     def f(k):
       j = sub[k]
@@ -242,10 +248,19 @@ def _records(t: _ImageTable, a: _Annotations, ann_file: str,
 
   sel = np.flatnonzero(a.ok)
   sub_boxes = a.boxes[sel]  # A copy; sanitize_boxes clips it in place.
-  keep = records_lib.sanitize_boxes(sub_boxes, t.heights[a.image[sel]],
-                                    t.widths[a.image[sel]], stats,
-                                    where_of(sel))
+  keep, reasons = records_lib.sanitize_boxes(
+      sub_boxes, t.heights[a.image[sel]], t.widths[a.image[sel]], stats,
+      where_of(sel), with_reasons=True)
   crowd_sel = a.crowd[sel]
+  reasons[keep & crowd_sel] = 'box_crowd'
+  for k in np.flatnonzero(reasons != ''):
+    j = sel[k]
+    records_lib.add_dropped(dropped, t.ids[a.image[j]],
+                            sub_boxes[k] if keep[k] else a.boxes[j],
+                            [a.cls[j]], [reasons[k]])
+  for j in np.flatnonzero(a.unknown_cat):
+    records_lib.add_dropped(dropped, t.ids[a.image[j]], a.boxes[j], [0],
+                            ['box_unknown_category'])
   n_crowd = int((keep & crowd_sel).sum())
   if n_crowd:
     stats.add('box_crowd', n_crowd, example=f'{ann_file}: {n_crowd} iscrowd '
