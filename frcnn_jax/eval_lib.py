@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from frcnn_jax import analysis
 from frcnn_jax import checkpoints
 from frcnn_jax import compiler_options
 from frcnn_jax import console
@@ -82,6 +83,22 @@ def predict_dataset(predict_fn, params, rest, loader, mesh, *,
   return out
 
 
+def ground_truth(source, record) -> tuple[np.ndarray, np.ndarray,
+                                          np.ndarray]:
+  """``(boxes [M, 4], classes [M], ignore [M])`` of one image as the
+  evaluation sees it: the record's boxes (VOC difficult ones ignored) and
+  the crowd boxes the reader kept out of training (ignored)."""
+  crowd = [d for d in source.dropped.get(record.image_id, ())
+           if d.reason == "box_crowd"]
+  boxes = np.concatenate([np.asarray(record.boxes, np.float64).reshape(-1, 4),
+                          np.asarray([d.box for d in crowd],
+                                     np.float64).reshape(-1, 4)])
+  classes = np.concatenate([record.classes,
+                            [d.class_id for d in crowd]]).astype(np.int64)
+  ignore = np.concatenate([record.difficult, np.ones(len(crowd), bool)])
+  return boxes, classes, ignore
+
+
 def _voc_inputs(source, preds):
   by_id = {r.image_id: r for r in source.records}
   gt, dets = [], []
@@ -106,7 +123,8 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
       area AP per class) or ``'both'``.
 
   Returns:
-    ``(metrics, coco_results)``.
+    ``(metrics, coco_results)``; ``metrics['coco']`` (or ``['voc07']`` for
+    ``'voc'``) holds ``pr_curves`` (:func:`evaluate` moves them out).
   """
   if metric not in ("coco", "voc", "both"):
     raise ValueError(f"metric must be 'coco', 'voc' or 'both', got {metric!r}")
@@ -125,12 +143,13 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
     out["coco"] = metrics_lib.coco_evaluate(
         source.coco_gt(), results,
         image_ids=[int(i) for i in preds["image_id"]],
-        class_names=source.class_names)
+        class_names=source.class_names, pr_curves=True)
   if metric in ("voc", "both"):
     gt, dets = _voc_inputs(source, preds)
     names = source.class_names
     out["voc07"] = metrics_lib.voc_evaluate(gt, dets, names,
-                                            use_07_metric=True)
+                                            use_07_metric=True,
+                                            pr_curves=metric == "voc")
     out["voc_area"] = metrics_lib.voc_evaluate(gt, dets, names,
                                                use_07_metric=False)
   return out, results
@@ -174,20 +193,46 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
 
 def draw_examples(source, preds, out_dir: str, n: int, *,
                   score_threshold: float = 0.5) -> list[str]:
-  """Writes the first ``n`` images with their detections as PNGs."""
+  """Writes the first ``n`` images with ground truth and detections as PNGs.
+
+  :func:`analysis.draw_evaluation`: detections scoring at least
+  ``score_threshold`` in green (found an object) or red (false), ground
+  truth dashed, misses highlighted.
+  """
   os.makedirs(out_dir, exist_ok=True)
   by_id = {r.image_id: r for r in source.records}
   paths = []
   for i in range(min(n, len(preds["image_id"]))):
     rec = by_id[int(preds["image_id"][i])]
-    img = vis.draw_detections(
-        source.load_image(rec), preds["boxes"][i], preds["classes"][i],
-        preds["scores"][i], source.class_names,
-        score_threshold=score_threshold, valid=preds["valid"][i])
+    gb, gc, ignore = ground_truth(source, rec)
+    v = preds["valid"][i]
+    img = analysis.draw_evaluation(
+        source.load_image(rec), preds["boxes"][i][v], preds["classes"][i][v],
+        preds["scores"][i][v], gb, gc, source.class_names, gt_ignore=ignore,
+        score_threshold=score_threshold)
     path = os.path.join(out_dir, f"{rec.image_id}.png")
     vis.save_png(path, img)
     paths.append(path)
   return paths
+
+
+def write_analysis(source, preds, curves, out_dir: str, *,
+                   score_threshold: float = 0.5) -> list[str]:
+  """PR curves and the confusion matrix (json + png) into ``out_dir``."""
+  by_id = {r.image_id: r for r in source.records}
+  gts, dets = [], []
+  for i, image_id in enumerate(preds["image_id"]):
+    b, c, ignore = ground_truth(source, by_id[int(image_id)])
+    gts.append(dict(boxes=b, classes=c, ignore=ignore))
+    v = preds["valid"][i]
+    dets.append(dict(boxes=preds["boxes"][i][v], classes=preds["classes"][i][v],
+                     scores=preds["scores"][i][v]))
+  cm = analysis.confusion_matrix(gts, dets, source.num_classes,
+                                 score_threshold=score_threshold)
+  return analysis.write_report(out_dir, curves=curves, cm_json=(
+      analysis.confusion_json(cm, source.class_names,
+                              score_threshold=score_threshold,
+                              iou_threshold=0.5)))
 
 
 def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
@@ -197,17 +242,27 @@ def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
   """Inference over ``loader`` + metrics; process 0 writes ``out_dir``:
 
   ``detections.json`` (COCO results, original pixels, dataset category ids),
-  ``metrics.json`` and, with ``vis_images``, ``vis/<image_id>.png``.
+  ``metrics.json``, ``pr_curves.json`` / ``.png`` (per class),
+  ``confusion_matrix.json`` / ``.png`` (detections scoring at least
+  ``vis_score_threshold``; PNGs with matplotlib) and, with ``vis_images``,
+  ``vis/<image_id>.png`` (:func:`draw_examples`).
   """
   preds = predict_dataset(predict_fn, params, rest, loader, mesh,
                           max_images=max_images, desc=desc)
   m, results = compute_metrics(loader.source, preds, metric=metric)
+  curves = None
+  for key in ("coco", "voc07"):
+    if key in m and "pr_curves" in m[key]:
+      curves = m[key].pop("pr_curves")
   if out_dir and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "detections.json"), "w") as f:
       json.dump(results, f)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(m, f, indent=1)
+    if loader.source.has_annotations:
+      write_analysis(loader.source, preds, curves, out_dir,
+                     score_threshold=vis_score_threshold)
     if vis_images:
       draw_examples(loader.source, preds, os.path.join(out_dir, "vis"),
                     vis_images, score_threshold=vis_score_threshold)
@@ -290,6 +345,15 @@ def run(config, workdir: str, *, split: str | None = None,
     print(f"\n{workdir} step {step}, {split}: {m['num_images']} images, "
           f"{m['num_detections']} detections")
     print(format_metrics(m))
-    print(f"\nwrote {out_dir}/metrics.json, {out_dir}/detections.json"
-          + (f", {out_dir}/vis/" if vis_images else ""))
+    wrote = ["metrics.json", "detections.json"]
+    if loader.source.has_annotations:
+      wrote += ["pr_curves.json", "confusion_matrix.json"]
+      if os.path.exists(os.path.join(out_dir, "pr_curves.png")) or \
+          os.path.exists(os.path.join(out_dir, "confusion_matrix.png")):
+        wrote += ["pr_curves.png", "confusion_matrix.png"]
+      else:
+        wrote.append("(no PNG plots: pip install matplotlib)")
+    if vis_images:
+      wrote.append("vis/")
+    print(f"\nwrote to {out_dir}: {', '.join(wrote)}")
   return m

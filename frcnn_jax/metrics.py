@@ -424,6 +424,7 @@ def voc_evaluate(
     class_names: Sequence[str],
     iou_threshold: float = 0.5,
     use_07_metric: bool = True,
+    pr_curves: bool = False,
 ) -> dict[str, Any]:
   """PASCAL VOC detection AP per class and mAP (the voc_eval algorithm).
 
@@ -452,6 +453,10 @@ def voc_evaluate(
       is not evaluated.
     iou_threshold: VOC uses 0.5.
     use_07_metric: 11-point (VOC2007 test) if True, else area (VOC2010+).
+    pr_curves: also return each class's precision/recall curve,
+      interpolated (:func:`interpolated_precision`) at COCO's 101 recall
+      points, in :func:`coco_evaluate`'s ``pr_curves`` format (key
+      ``str(iou_threshold)``).
 
   Returns:
     {"per_class_AP": {name: AP}, "mAP": mean AP over classes that have
@@ -466,18 +471,43 @@ def voc_evaluate(
   gts, dets = _voc_inputs(gt, detections)
   per_ap: dict[str, float] = {}
   num_gt: dict[str, int] = {}
+  curves = {}
+  rec_thrs = np.linspace(0.0, 1.0, 101)
   for c in range(1, len(class_names)):
     name = str(class_names[c])
-    num_gt[name], per_ap[name] = _voc_class_ap(gts, dets, c, iou_threshold,
-                                               use_07_metric)
+    num_gt[name], rec, prec = _voc_class_curve(gts, dets, c, iou_threshold)
+    per_ap[name] = (voc_ap(rec, prec, use_07_metric) if num_gt[name]
+                    else UNDEFINED)
+    curves[name] = {str(iou_threshold): (
+        interpolated_precision(rec, prec, rec_thrs).tolist() if num_gt[name]
+        else [UNDEFINED] * len(rec_thrs))}
   defined = [v for v in per_ap.values() if v > UNDEFINED]
-  return {
+  out = {
       "per_class_AP": per_ap,
       "mAP": float(np.mean(defined)) if defined else UNDEFINED,
       "num_gt": num_gt,
       "use_07_metric": bool(use_07_metric),
       "iou_threshold": float(iou_threshold),
   }
+  if pr_curves:
+    out["pr_curves"] = {"recall": rec_thrs.tolist(), "precision": curves,
+                        "source": "VOC matching, interpolated precision"}
+  return out
+
+
+def interpolated_precision(rec: np.ndarray, prec: np.ndarray,
+                           rec_thrs: np.ndarray) -> np.ndarray:
+  """Precision at each recall threshold: the highest precision reached at
+  that recall or more (COCOeval's interpolation); 0 beyond the last recall.
+  """
+  rec = np.asarray(rec, np.float64)
+  prec = np.nan_to_num(np.asarray(prec, np.float64), nan=0.0)
+  env = np.maximum.accumulate(prec[::-1])[::-1] if prec.size else prec
+  idx = np.searchsorted(rec, rec_thrs, side="left")
+  out = np.zeros(len(rec_thrs))
+  ok = idx < len(rec)
+  out[ok] = env[idx[ok]]
+  return out
 
 
 def _voc_inputs(gt, detections):
@@ -538,9 +568,10 @@ def _voc_match_image(dboxes, dscores, gboxes, gdiff, iou_threshold):
   return dscores, tp, fp
 
 
-def _voc_class_ap(gts, dets, c: int, iou_threshold: float,
-                  use_07_metric: bool) -> tuple[int, float]:
-  """(non-difficult gt count, AP) of class ``c`` over all images."""
+def _voc_class_curve(gts, dets, c: int, iou_threshold: float
+                     ) -> tuple[int, np.ndarray, np.ndarray]:
+  """(non-difficult gt count, recall, precision) of class ``c``: the curve
+  after each detection in descending score order over all images."""
   scores_all, tp_all, fp_all = [], [], []
   npos = 0
   for g, d in zip(gts, dets):
@@ -556,7 +587,7 @@ def _voc_class_ap(gts, dets, c: int, iou_threshold: float,
     tp_all.append(tp)
     fp_all.append(fp)
   if npos == 0:
-    return 0, UNDEFINED
+    return 0, np.zeros((0,)), np.zeros((0,))
   if scores_all:
     order = np.argsort(-np.concatenate(scores_all), kind="stable")
     tp = np.concatenate(tp_all)[order]
@@ -567,7 +598,7 @@ def _voc_class_ap(gts, dets, c: int, iou_threshold: float,
     tp = fp = np.zeros((0,))
   rec = tp / float(npos)
   prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-  return npos, voc_ap(rec, prec, use_07_metric)
+  return npos, rec, prec
 
 
 def format_voc_table(metrics: Mapping[str, Any]) -> str:

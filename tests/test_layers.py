@@ -22,7 +22,7 @@ FLOORS = [
     ("ops", "pure jax.numpy ops"),
     ("frcnn_jax.compiler_options frcnn_jax.metrics frcnn_jax.vis "
      "frcnn_jax.metric_writers frcnn_jax.run_lock frcnn_jax.parallel "
-     "frcnn_jax.console",
+     "frcnn_jax.console frcnn_jax.analysis",
      "leaves"),
     ("frcnn_jax.data", "data: records, readers, transforms, loaders"),
     ("frcnn_jax.modeling", "the detector's stages"),
