@@ -32,7 +32,8 @@ FLOORS = [
     ("frcnn_jax.eval_lib", "inference over datasets, metrics"),
     ("frcnn_jax.demo_lib frcnn_jax.train_lib", "demo, training"),
     ("frcnn_jax.config_lib frcnn_jax.cli", "config checks, command lines"),
-    ("train eval demo configs frcnn_jax.weights.__main__", "entry points"),
+    ("train eval demo configs frcnn_jax.weights.__main__ frcnn_jax.browse",
+     "entry points"),
 ]
 FLOOR_OF = {prefix: i for i, (names, _) in enumerate(FLOORS)
             for prefix in names.split()}
