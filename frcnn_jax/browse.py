@@ -178,7 +178,7 @@ def browse(data_config, split: str, out_dir: str, *, num: int = 20,
     f.write("\n".join(lines) + "\n")
   print(f"{source.name}: {len(source.records)} images; drawn {len(paths)} "
         f"-> {out_dir} (index.txt)")
-  print(f"dropped or kept out of training in the whole split: "
+  print(f"the reader's counts for the whole split: "
         f"{source.stats.summary()}")
   return paths
 

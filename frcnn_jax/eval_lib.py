@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -49,9 +50,14 @@ def make_predict_fn(graphdef, mesh):
 
 
 def predict_dataset(predict_fn, params, rest, loader, mesh, *,
-                    max_images: int | None = None,
-                    desc: str = "eval") -> dict[str, np.ndarray]:
+                    max_images: int | None = None, desc: str = "eval",
+                    timing: dict | None = None) -> dict[str, np.ndarray]:
   """Detections for every image of ``loader`` (or its first ``max_images``).
+
+  ``timing`` (optional, kept by the caller across calls): ``'shapes'`` (a
+  set) collects the batch shapes seen and ``'compile_s'`` is increased by
+  the time of each batch of a new shape (it traces and compiles), so that
+  a caller can tell evaluation time from compilation time.
 
   Returns:
     dict of NumPy arrays over real images only (padding images dropped):
@@ -66,10 +72,17 @@ def predict_dataset(predict_fn, params, rest, loader, mesh, *,
   with console.Progress(total, desc=desc, unit="batch",
                         enabled=show) as bar:
     for batch in loader:
+      t = time.perf_counter()
       g = parallel.global_batch(
           {k: batch[k] for k in ("image", "im_info", "image_id")}, mesh)
       out = jax.device_get(predict_fn(params, rest, g["image"], g["im_info"],
                                       g["image_id"]))
+      if timing is not None:
+        shapes = timing.setdefault("shapes", set())
+        if g["image"].shape not in shapes:
+          shapes.add(g["image"].shape)
+          timing["compile_s"] = (timing.get("compile_s", 0.0) +
+                                 time.perf_counter() - t)
       keep = out["image_id"] >= 0
       parts.append({k: v[keep] for k, v in out.items()})
       seen += int(keep.sum())
@@ -238,7 +251,8 @@ def write_analysis(source, preds, curves, out_dir: str, *,
 def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
              out_dir: str | None = None, max_images: int | None = None,
              vis_images: int = 0, vis_score_threshold: float = 0.5,
-             desc: str = "eval") -> dict[str, Any]:
+             desc: str = "eval", timing: dict | None = None
+             ) -> dict[str, Any]:
   """Inference over ``loader`` + metrics; process 0 writes ``out_dir``:
 
   ``detections.json`` (COCO results, original pixels, dataset category ids),

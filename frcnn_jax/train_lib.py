@@ -288,6 +288,7 @@ class _Trainer:
     self.meter = console.RateMeter(self.gbs)
     self.shapes_seen: set[tuple[int, ...]] = set()
     self.eval_seconds: list[float] = []
+    self.eval_timing: dict[str, Any] = {}
     self.last_eval: tuple[int, dict[str, float]] | None = None
     if config.train.eval_every > 0:
       self.eval_loader = data_lib.build_eval_loader(
@@ -410,13 +411,16 @@ class _Trainer:
   def _evaluate(self, done: int, progress: console.Progress) -> dict:
     self.meter.pause()
     t = time.perf_counter()
+    compiled = self.eval_timing.get("compile_s", 0.0)
     m = eval_lib.evaluate(
         self.predict_fn, self.state.params, self.state.rest, self.eval_loader,
         self.mesh, metric=self.config.test.metric,
         max_images=self.config.train.eval_max_images or None,
-        desc=f"eval@{done}")
+        desc=f"eval@{done}", timing=self.eval_timing)
     seconds = time.perf_counter() - t
-    self.eval_seconds.append(seconds)
+    # The ETA counts evaluations at their speed without compilation.
+    self.eval_seconds.append(
+        seconds - (self.eval_timing.get("compile_s", 0.0) - compiled))
     head = eval_lib.headline(m)
     self.writer.write_scalars(done, {f"eval/{k}": v for k, v in head.items()})
     self.last_eval = (done, head)
@@ -553,10 +557,11 @@ class _Trainer:
     m, w = self.meter, self.workdir
     ran = self.steps - self.first_step
     wall = time.perf_counter() - self.t_begin
+    compile_s = m.total_compile_s + self.eval_timing.get("compile_s", 0.0)
     lines = [f"done: {ran} steps ({self.first_step} -> {self.steps}) in "
              f"{console.format_duration(wall)} (training "
              f"{console.format_duration(m.total_train_s)}, compiling "
-             f"{console.format_duration(m.total_compile_s)}, evaluating "
+             f"{console.format_duration(compile_s)}, evaluating "
              f"{console.format_duration(sum(self.eval_seconds))}, waiting "
              f"for data {console.format_duration(m.total_data_s)})"]
     if self.last_eval is not None:

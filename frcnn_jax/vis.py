@@ -212,7 +212,7 @@ def draw_marks(
 
   Labels are drawn after every outline, placed by :func:`place_labels`
   with the last mark first (the one on top gets the best place), sized to
-  the picture (~1/50 of its long side, at least 10 px), and never over
+  the picture (~1/50 of its long side, at least 12 px), and never over
   more than :data:`MAX_LABEL_FRACTION` of it.
 
   Args:
@@ -237,7 +237,7 @@ def draw_marks(
     img = np.repeat(np.repeat(img, s, axis=0), s, axis=1)
   h, w = img.shape[:2]
   lw = line_width or max(2, int(round(max(h, w) / 300)))
-  font = _font(font_size or max(10, int(round(max(h, w) / 50))))
+  font = _font(font_size or max(12, int(round(max(h, w) / 50))))
   _, t0, _, b0 = font.getbbox("Ag")
   th = b0 - t0 + 4
   top = th + lw if margin else 0
@@ -343,7 +343,7 @@ def draw_detections(
     score_threshold: boxes with score < threshold are not drawn.
     valid: [D] bool padding mask; False rows are not drawn.
     line_width: outline width in pixels (default: ~image size / 300, >= 2).
-    font_size: label font size (default: ~image size / 50, >= 10).
+    font_size: label font size (default: ~image size / 50, >= 12).
     min_side, margin: see :func:`draw_marks` (default: the image's own
       size, so labels that would hide a tiny image are left out).
 
