@@ -32,21 +32,6 @@ COCO_METRIC_NAMES: tuple[str, ...] = (
     "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """Names of pycocotools' 12 summary numbers, in `COCOeval.stats` order."""
 
-_COCO_METRIC_LABELS: tuple[str, ...] = (
-    "AP   @[IoU=0.50:0.95 | area=   all | maxDets=100]",
-    "AP   @[IoU=0.50      | area=   all | maxDets=100]",
-    "AP   @[IoU=0.75      | area=   all | maxDets=100]",
-    "AP   @[IoU=0.50:0.95 | area= small | maxDets=100]",
-    "AP   @[IoU=0.50:0.95 | area=medium | maxDets=100]",
-    "AP   @[IoU=0.50:0.95 | area= large | maxDets=100]",
-    "AR   @[IoU=0.50:0.95 | area=   all | maxDets=  1]",
-    "AR   @[IoU=0.50:0.95 | area=   all | maxDets= 10]",
-    "AR   @[IoU=0.50:0.95 | area=   all | maxDets=100]",
-    "AR   @[IoU=0.50:0.95 | area= small | maxDets=100]",
-    "AR   @[IoU=0.50:0.95 | area=medium | maxDets=100]",
-    "AR   @[IoU=0.50:0.95 | area= large | maxDets=100]",
-)
-
 UNDEFINED = -1.0
 """Value of a metric with nothing to measure (no ground truth in its class or
 area range), as pycocotools reports it. Never averaged into a mean."""
@@ -288,24 +273,16 @@ def format_coco_table(metrics: Mapping[str, Any]) -> str:
   """pycocotools' 12 summary lines verbatim, then a per-class table.
 
   Args:
-    metrics: a dict from `coco_evaluate`. Without ``"summary"`` (an older
-      metrics.json) the 12 numbers are printed in pycocotools' layout.
+    metrics: a dict from `coco_evaluate` (one without ``"summary"``, an
+      older metrics.json, gets its 12 numbers by name).
 
   Returns:
     A multi-line string; undefined (-1) values print as "n/a" in the
     per-class table (pycocotools prints -1.000 in its own lines).
   """
-  lines = list(metrics.get("summary") or [])
-  if not lines:
-    for name, label in zip(COCO_METRIC_NAMES, _COCO_METRIC_LABELS):
-      if name in metrics:
-        kind = "Precision" if name.startswith("AP") else "Recall"
-        short = "AP" if name.startswith("AP") else "AR"
-        iou, area, dets = [x.split("=")[1].strip() for x in
-                           label.split("@[")[1].rstrip("]").split("|")]
-        lines.append(f" {'Average ' + kind:<18} ({short}) @[ IoU={iou:<9} | "
-                     f"area={area:>6s} | maxDets={dets:>3s} ] = "
-                     f"{metrics[name]:0.3f}")
+  lines = list(metrics.get("summary") or [
+      f"{name:<6} {_fmt(metrics[name])}" for name in COCO_METRIC_NAMES
+      if name in metrics])
   per = metrics.get("per_class_AP")
   if per:
     cols = [("AP", "per_class_AP"), ("AP50", "per_class_AP50"),

