@@ -259,10 +259,11 @@ def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
   ``metrics.json``, ``pr_curves.json`` / ``.png`` (per class),
   ``confusion_matrix.json`` / ``.png`` (detections scoring at least
   ``vis_score_threshold``; PNGs with matplotlib) and, with ``vis_images``,
-  ``vis/<image_id>.png`` (:func:`draw_examples`).
+  ``vis/<image_id>.png`` (:func:`draw_examples`). ``timing``: see
+  :func:`predict_dataset`.
   """
   preds = predict_dataset(predict_fn, params, rest, loader, mesh,
-                          max_images=max_images, desc=desc)
+                          max_images=max_images, desc=desc, timing=timing)
   m, results = compute_metrics(loader.source, preds, metric=metric)
   curves = None
   for key in ("coco", "voc07"):
