@@ -63,6 +63,8 @@ def _check_network(c: _Checks, config: ml_collections.ConfigDict) -> None:
   c.check(config.model.nms_impl in ("auto", "jnp", "pallas"),
           "model.nms_impl", "must be 'auto', 'jnp' or 'pallas'",
           config.model.nms_impl)
+  c.check(config.model.box_decode in ("exact", "seed"), "model.box_decode",
+          "must be 'exact' or 'seed'", config.model.box_decode)
   c.check(len(config.model.pixel_mean) == 3, "model.pixel_mean",
           "needs 3 values", config.model.pixel_mean)
   c.check(len(config.model.pixel_std) == 3 and
@@ -102,8 +104,8 @@ def _check_rpn(c: _Checks, config: ml_collections.ConfigDict) -> None:
 
 def _check_roi(c: _Checks, config: ml_collections.ConfigDict) -> None:
   q = config.roi
-  c.check(q.pooling_mode in ("align", "pool"), "roi.pooling_mode",
-          "must be 'align' or 'pool'", q.pooling_mode)
+  c.check(q.pooling_mode in ("align", "pool", "crop"), "roi.pooling_mode",
+          "must be 'align', 'pool' or 'crop'", q.pooling_mode)
   c.pos("roi.pooling_size", q.pooling_size)
   c.check(q.sampling_ratio >= 0, "roi.sampling_ratio",
           "must be >= 0 (0 = adaptive)", q.sampling_ratio)
@@ -143,8 +145,15 @@ def _check_data(c: _Checks, config: ml_collections.ConfigDict,
   c.check(d.name in ("shapes", "coco", "voc", "tfds"), "data.name",
           "must be 'shapes', 'coco', 'voc' or 'tfds'", d.name)
   c.pos("data.scale", d.scale)
-  c.check(d.max_size >= d.scale, "data.max_size",
-          f"must be >= data.scale ({d.scale})", d.max_size)
+  c.check(d.max_size == 0 or d.max_size >= d.scale, "data.max_size",
+          f"must be 0 (no cap, the seed's rule) or >= data.scale ({d.scale})",
+          d.max_size)
+  c.check(d.get("resize", "pil") in ("pil", "cv2"), "data.resize",
+          "must be 'pil' or 'cv2'", d.get("resize", "pil"))
+  c.check(d.max_size > 0 or d.crop_extreme_ratios,
+          "data.crop_extreme_ratios", "without a long-side cap "
+          "(data.max_size=0) training needs the crop to w/h in [0.5, 2] to "
+          "bound image sizes", d.crop_extreme_ratios)
   c.pos("data.max_num_box", d.max_num_box)
   buckets = [tuple(int(x) for x in bk) for bk in d.buckets]
   c.check(len(buckets) > 0, "data.buckets", "needs at least one canvas",
@@ -153,13 +162,15 @@ def _check_data(c: _Checks, config: ml_collections.ConfigDict,
     c.check(h % 16 == 0 and w % 16 == 0 and h > 0 and w > 0,
             f"data.buckets[{i}]", "sides must be positive multiples of 16",
             (h, w))
-  # Any aspect ratio can reach max_size on its long side (evaluation never
-  # crops): both orientations of (scale, max_size) must fit some canvas.
-  for need in ((d.scale, d.max_size), (d.max_size, d.scale)):
+  # Training images reach max_size on their long side (or, without a cap,
+  # 2 x scale after the crop to w/h in [0.5, 2]): both orientations must fit
+  # some canvas. Evaluation images no canvas holds get their own.
+  long_side = d.max_size if d.max_size > 0 else 2 * d.scale
+  for need in ((d.scale, long_side), (long_side, d.scale)):
     c.check(any(h >= need[0] and w >= need[1] for h, w in buckets),
             "data.buckets",
-            f"no canvas holds a {need[0]}x{need[1]} image (data.scale="
-            f"{d.scale}, data.max_size={d.max_size})", d.buckets)
+            f"no canvas holds a {need[0]}x{need[1]} training image "
+            f"(data.scale={d.scale}, data.max_size={d.max_size})", d.buckets)
   if check_paths and d.name in ("coco", "voc"):
     c.check(os.path.isdir(d.root), "data.root",
             f"folder not found (cwd {os.getcwd()}); see README 'Datasets'",

@@ -230,6 +230,7 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
     meta = ckpt.read_meta(step)
     compat.check_config_against_checkpoint(config, meta,
                                            where=ckpt.directory)
+    config = compat.adopt_checkpoint_settings(config, meta, ckpt.directory)
     names = meta.get("class_names")
     if num_classes is None:
       if not names:

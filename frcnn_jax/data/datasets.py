@@ -62,11 +62,18 @@ def default_data_config() -> ml_collections.ConfigDict:
     tfds_name, tfds_data_dir: TFDS dataset (``'coco/2017'``, ``'voc/2007'``)
       prepared in array_record format in ``tfds_data_dir`` (``''`` = TFDS's
       default folder).
-    scale, max_size: resize so the short side is ``scale`` and the long side
-      at most ``max_size`` (the seed: 600/1000; 800/1200 with ``--ls``).
+    scale, max_size: resize so the short side is ``scale`` and, when
+      ``max_size > 0``, the long side at most ``max_size`` (py-faster-rcnn /
+      Detectron). ``max_size = 0``: no cap, the seed's effective rule (its
+      cap is commented out; training images are bounded by the crop to
+      ``w / h`` in [0.5, 2]).
+    resize: ``'pil'`` (uint8 bilinear, antialiased when shrinking) or
+      ``'cv2'`` (the seed's float32 OpenCV ``INTER_LINEAR``; batches carry
+      float32 images).
     buckets: ``(H, W)`` canvases, multiples of 16; an image goes to the
       smallest one that holds it; a batch holds one bucket. Must hold every
-      resized image (checked when a loader is built).
+      training image (checked when a loader is built); an evaluation image
+      no bucket holds gets its own canvas (64-pixel multiples).
     max_num_box: ground-truth boxes per image (20 VOC, 50 COCO); more are
       dropped, counted and logged.
     flip: random horizontal flip in training.
@@ -93,6 +100,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.tfds_data_dir = ''
   c.scale = 600
   c.max_size = 1000
+  c.resize = 'pil'
   c.buckets = ((608, 1008), (1008, 608))
   c.max_num_box = 20
   c.flip = True

@@ -118,7 +118,7 @@ class _BatchMaker:
 
   def _dummy(self, canvas):
     m = self.params.max_num_box
-    return {'image': np.zeros(canvas + (3,), np.uint8),
+    return {'image': np.zeros(canvas + (3,), self.params.image_dtype),
             'im_info': np.array([canvas[0], canvas[1], 1.0], np.float32),
             'gt_boxes': np.zeros((m, 4), np.float32),
             'gt_classes': np.zeros((m,), np.int32),
@@ -214,6 +214,23 @@ def _check_hosts(global_batch_size: int, process_index: int,
   if global_batch_size < 1 or global_batch_size % process_count:
     raise ValueError(f'global batch size {global_batch_size} must be a '
                      f'positive multiple of process_count {process_count}')
+
+
+def extra_canvases(records: Sequence[Record],
+                   params: transforms.TransformParams) -> list[tuple[int, int]]:
+  """Canvases for the evaluation images no bucket holds (``canvas_for``).
+
+  With the seed's rule (no long-side cap) an image of extreme aspect ratio
+  resizes beyond every configured bucket; evaluation never crops, so such
+  an image gets its own canvas, rounded up to 64 pixels (one compilation
+  per new canvas, logged).
+  """
+  extra = []
+  for r in records:
+    oh, ow, _ = transforms.planned_size(r.height, r.width, params, False)
+    if transforms.choose_bucket(oh, ow, params.buckets + tuple(extra)) < 0:
+      extra.append(canvas_for(oh, ow, ()))
+  return extra
 
 
 def assign_buckets(records: Sequence[Record],
@@ -437,6 +454,13 @@ class EvalLoader:
     self.params = transforms.TransformParams.from_config(data_config)
     self.source = source or datasets.build_source(data_config, split)
     records = self.source.records
+    extra = extra_canvases(records, self.params)
+    if extra:
+      log.info('%s: %d canvas(es) added for images no bucket of '
+               'data.buckets holds (each compiles once): %s',
+               self.source.name, len(extra), extra)
+      self.params = dataclasses.replace(
+          self.params, buckets=self.params.buckets + tuple(extra))
     self.stats = DropStats()
     self.stats.update(self.source.stats)
     _count_overflow(records, self.params.max_num_box, self.stats)
@@ -515,8 +539,9 @@ def prepare_image(image: np.ndarray, data_config) -> tuple[np.ndarray,
   h, w = image.shape[:2]
   s = transforms.compute_scale(h, w, data_config.scale, data_config.max_size)
   rh, rw = transforms.resized_size(h, w, s)
-  return transforms.resize_image(image, rh, rw), np.array([rh, rw, s],
-                                                          np.float32)
+  resized = transforms.resize_image(
+      image, rh, rw, method=str(data_config.get('resize', 'pil')), im_scale=s)
+  return resized, np.array([rh, rw, s], np.float32)
 
 
 def image_batches(images: Sequence[tuple[Any, np.ndarray]], data_config,
@@ -544,7 +569,7 @@ def image_batches(images: Sequence[tuple[Any, np.ndarray]], data_config,
   for (ch, cw), items in groups.items():
     for i in range(0, len(items), batch_size):
       chunk = items[i:i + batch_size]
-      batch = np.zeros((batch_size, ch, cw, 3), np.uint8)
+      batch = np.zeros((batch_size, ch, cw, 3), chunk[0][1].dtype)
       info = np.tile(np.array([ch, cw, 1.0], np.float32), (batch_size, 1))
       for j, (_, im, inf) in enumerate(chunk):
         batch[j, :im.shape[0], :im.shape[1]] = im
