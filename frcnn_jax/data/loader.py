@@ -431,11 +431,13 @@ class EvalLoader:
 
   def __init__(self, data_config, split: str, *, batch_size: int,
                process_index: int = 0, process_count: int = 1,
-               source: records_lib.DetectionSource | None = None):
+               source: records_lib.DetectionSource | None = None,
+               generate: bool = True):
     _check_hosts(batch_size, process_index, process_count)
     self._config = data_config
     self.params = transforms.TransformParams.from_config(data_config)
-    self.source = source or datasets.build_source(data_config, split)
+    self.source = source or datasets.build_source(data_config, split,
+                                                  generate=generate)
     records = self.source.records
     self.stats = DropStats()
     self.stats.update(self.source.stats)
@@ -489,14 +491,17 @@ def build_train_loader(data_config, *, seed: int, global_batch_size: int,
 
 
 def build_eval_loader(data_config, split: str, *, batch_size: int,
-                      process_index: int = 0,
-                      process_count: int = 1) -> EvalLoader:
+                      process_index: int = 0, process_count: int = 1,
+                      generate: bool = True) -> EvalLoader:
   """The evaluation loader of ``split``; ``batch_size`` is GLOBAL (all hosts).
 
-  The returned ``EvalLoader`` is iterable and carries ``.source``.
+  The returned ``EvalLoader`` is iterable and carries ``.source``. With
+  ``generate=False`` a missing synthetic dataset is an error instead of
+  being written (``datasets.build_source``).
   """
   return EvalLoader(data_config, split, batch_size=batch_size,
-                    process_index=process_index, process_count=process_count)
+                    process_index=process_index, process_count=process_count,
+                    generate=generate)
 
 
 # -- arbitrary images (demo, the Python API) ------------------------------------
