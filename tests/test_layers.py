@@ -29,7 +29,7 @@ FLOORS = [
     ("frcnn_jax.checkpoints frcnn_jax.optimizer",
      "checkpoint layout, optimizer"),
     ("frcnn_jax.weights", "pretrained weights"),
-    ("frcnn_jax.eval_lib frcnn_jax.exported",
+    ("frcnn_jax.eval_lib frcnn_jax.exported frcnn_jax.detections",
      "inference over datasets, metrics; exported models"),
     ("frcnn_jax.demo_lib frcnn_jax.train_lib", "demo, training"),
     ("frcnn_jax.config_lib frcnn_jax.cli frcnn_jax.inference "
@@ -49,7 +49,8 @@ INFERENCE = ("frcnn_jax.eval_lib", "frcnn_jax.demo_lib", "frcnn_jax.modeling",
              "frcnn_jax.data", "frcnn_jax.checkpoints", "frcnn_jax.weights",
              "frcnn_jax.inference", "frcnn_jax.exporting",
              "frcnn_jax.exported", "frcnn_jax.export", "frcnn_jax.eval",
-             "frcnn_jax.demo", "frcnn_jax.config_lib")
+             "frcnn_jax.demo", "frcnn_jax.config_lib",
+             "frcnn_jax.detections")
 PROJECT_ROOTS = ("ops", "frcnn_jax", "configs", "train", "eval", "demo")
 
 

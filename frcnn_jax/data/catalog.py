@@ -102,20 +102,23 @@ def register_dataset(name: str,
   if records_lib.BACKGROUND in names:
     raise ValueError(f'class_names: leave out {records_lib.BACKGROUND!r} '
                      '(class 0 is implied)')
-  fn = records
-  if isinstance(records, Mapping):
-    table = dict(records)
-
-    def fn(split):
-      if split not in table:
-        raise DataError(f'dataset {name!r} has no split {split!r} (it has '
-                        f'{sorted(table)})')
-      return table[split]
+  fn = _split_table(name, records) if isinstance(records, Mapping) else records
   if not callable(fn):
     raise TypeError('records must be a function of the split or a dict '
                     '{split: records}')
   _REGISTRY[name] = _Entry(fn, names, os.path.abspath(image_root or '.'),
                            box_format)
+
+
+def _split_table(name: str, records: Mapping[str, Any]):
+  table = dict(records)
+
+  def fn(split):
+    if split not in table:
+      raise DataError(f'dataset {name!r} has no split {split!r} (it has '
+                      f'{sorted(table)})')
+    return table[split]
+  return fn
 
 
 def unregister_dataset(name: str) -> None:
