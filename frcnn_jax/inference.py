@@ -27,6 +27,7 @@ training code (``tests/test_layers.py``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any, Mapping, Sequence
@@ -52,6 +53,18 @@ log = logging.getLogger(__name__)
 __all__ = ["Detections", "Detector"]
 
 BACKGROUND = class_names_lib.BACKGROUND
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+  """Only errors from ``logger_name`` while the block runs."""
+  logger = logging.getLogger(logger_name)
+  level = logger.level
+  logger.setLevel(max(level, logging.ERROR))
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def _resolve_config(config, overrides: Mapping[str, Any] | None
@@ -124,8 +137,9 @@ class Detector:
             f"config='<built-in name or file>'")
     config = _resolve_config(config, overrides)
     mesh = parallel.create_mesh(config.mesh.num_devices)
-    graphdef, params, rest, step, names = eval_lib.load_for_inference(
-        config, path, step=step, mesh=mesh)
+    with _quiet("absl"):   # orbax's notes about read-only checkpoint folders
+      graphdef, params, rest, step, names = eval_lib.load_for_inference(
+          config, path, step=step, mesh=mesh)
     return cls(config, graphdef, params, rest, names, mesh=mesh, step=step,
                path=path)
 

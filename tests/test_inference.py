@@ -7,6 +7,7 @@ equal to the evaluation path (EvalLoader + predict_dataset, a separate
 preprocessing path), loading from a folder, Detections' conversions.
 """
 import io
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from frcnn_jax.detections import Detections
 from frcnn_jax.inference import Detector
 from frcnn_jax.weights import ConfigMismatchError
 from tests.conftest import REPO
+from tests.conftest import run_with_devices
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,31 @@ def test_same_detections_as_the_evaluation_path(det, tmp_path):
     ref = Detections(preds["boxes"][k][v][order], preds["scores"][k][v][order],
                      preds["classes"][k][v][order], det.class_names)
     assert_same(r, ref)
+
+
+def test_four_devices_detect_what_one_device_detects(det):
+  """One bucket (landscape images): one compilation in the subprocess."""
+  code = """
+import json
+import numpy as np
+from frcnn_jax.inference import Detector
+det = Detector.from_config("tiny", overrides={"test.score_thresh": 0.0,
+                                              "test.batch_size": 2})
+assert det.mesh.size == 4 and det.batch_size == 4, (det.mesh, det.batch_size)
+rng = np.random.default_rng(5)
+ims = [rng.integers(60, 200, (40 + 4 * i, 90 - 3 * i, 3)).astype(np.uint8)
+       for i in range(5)]
+print(json.dumps([[r.scores.tolist(), r.class_ids.tolist(), r.boxes.tolist()]
+                  for r in det(ims)]))
+"""
+  out = json.loads(run_with_devices(code, 4).strip().splitlines()[-1])
+  rng = np.random.default_rng(5)
+  ims = [rng.integers(60, 200, (40 + 4 * i, 90 - 3 * i, 3)).astype(np.uint8)
+         for i in range(5)]
+  for (scores, classes, boxes), r in zip(out, det(ims)):
+    assert_same(r, Detections(np.array(boxes, np.float32).reshape(-1, 4),
+                              np.array(scores, np.float32),
+                              np.array(classes, np.int32), r.class_names))
 
 
 def test_load_a_folder_with_its_recorded_config(det, tmp_path, monkeypatch):
