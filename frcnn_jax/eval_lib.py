@@ -23,6 +23,7 @@ from frcnn_jax import compiler_options
 from frcnn_jax import data as data_lib
 from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import parallel
+from frcnn_jax import paths
 from frcnn_jax import vis
 from frcnn_jax.modeling import detector as detector_lib
 from frcnn_jax.weights import compat
@@ -261,14 +262,22 @@ def run(config, workdir: str, *, split: str | None = None,
   Writes ``out_dir`` (default ``<workdir>/eval/<split>_step<N>``): see
   :func:`evaluate`. Returns the metrics.
   """
+  config = paths.resolve_paths(config)
   split = split or config.data.val_split
   mesh = parallel.create_mesh(config.mesh.num_devices)
+  # Never writes a dataset (the synthetic one): only training does.
   loader = data_lib.build_eval_loader(
       config.data, split, batch_size=config.test.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  graphdef, params, rest, step, _ = load_for_inference(
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      generate=False)
+  graphdef, params, rest, step, names = load_for_inference(
       config, workdir, num_classes=loader.source.num_classes, step=step,
       mesh=mesh)
+  if names and list(names) != list(loader.source.class_names):
+    log.warning("%s was trained on the classes %s, %s has %s: detections are "
+                "scored against the dataset's classes by position", workdir,
+                list(names)[1:], loader.source.name,
+                loader.source.class_names[1:])
   out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{step}")
   m = evaluate(make_predict_fn(graphdef, mesh), params, rest, loader, mesh,
                metric=config.test.metric, out_dir=out_dir,

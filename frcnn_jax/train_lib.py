@@ -32,6 +32,7 @@ from frcnn_jax import eval_lib
 from frcnn_jax import metric_writers
 from frcnn_jax import optimizer as optimizer_lib
 from frcnn_jax import parallel
+from frcnn_jax import paths
 from frcnn_jax import run_lock
 from frcnn_jax import vis
 from frcnn_jax import weights
@@ -164,6 +165,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     CheckpointMismatchError: the workdir's checkpoints belong to another
       config.
   """
+  # Recorded absolute (config.json, checkpoint meta): eval and demo on this
+  # workdir then read the same data from any directory.
+  config = paths.resolve_paths(config)
   os.makedirs(workdir, exist_ok=True)
   lock = take_lock(workdir)
   try:

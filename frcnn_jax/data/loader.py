@@ -448,11 +448,13 @@ class EvalLoader:
 
   def __init__(self, data_config, split: str, *, batch_size: int,
                process_index: int = 0, process_count: int = 1,
-               source: records_lib.DetectionSource | None = None):
+               source: records_lib.DetectionSource | None = None,
+               generate: bool = True):
     _check_hosts(batch_size, process_index, process_count)
     self._config = data_config
     self.params = transforms.TransformParams.from_config(data_config)
-    self.source = source or datasets.build_source(data_config, split)
+    self.source = source or datasets.build_source(data_config, split,
+                                                  generate=generate)
     records = self.source.records
     extra = extra_canvases(records, self.params)
     if extra:
@@ -513,14 +515,17 @@ def build_train_loader(data_config, *, seed: int, global_batch_size: int,
 
 
 def build_eval_loader(data_config, split: str, *, batch_size: int,
-                      process_index: int = 0,
-                      process_count: int = 1) -> EvalLoader:
+                      process_index: int = 0, process_count: int = 1,
+                      generate: bool = True) -> EvalLoader:
   """The evaluation loader of ``split``; ``batch_size`` is GLOBAL (all hosts).
 
-  The returned ``EvalLoader`` is iterable and carries ``.source``.
+  The returned ``EvalLoader`` is iterable and carries ``.source``. With
+  ``generate=False`` a missing synthetic dataset is an error instead of
+  being written (``datasets.build_source``).
   """
   return EvalLoader(data_config, split, batch_size=batch_size,
-                    process_index=process_index, process_count=process_count)
+                    process_index=process_index, process_count=process_count,
+                    generate=generate)
 
 
 # -- arbitrary images (demo, the Python API) ------------------------------------
@@ -540,7 +545,8 @@ def prepare_image(image: np.ndarray, data_config) -> tuple[np.ndarray,
   s = transforms.compute_scale(h, w, data_config.scale, data_config.max_size)
   rh, rw = transforms.resized_size(h, w, s)
   resized = transforms.resize_image(
-      image, rh, rw, method=str(data_config.get('resize', 'pil')), im_scale=s)
+      image, rh, rw, method=str(getattr(data_config, 'resize', 'pil')),
+      im_scale=s)
   return resized, np.array([rh, rw, s], np.float32)
 
 

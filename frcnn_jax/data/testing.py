@@ -115,3 +115,50 @@ def write_voc(devkit: str, year: str, image_set: str,
       f.write(text)
     write_image(os.path.join(folder, 'JPEGImages', f'{name}.jpg'), size=size,
                 fmt='JPEG')
+
+
+def write_user_coco(folder: str, *, num_train: int = 12, num_val: int = 4,
+                    size: tuple[int, int] = (48, 80), seed: int = 0,
+                    classes: Sequence[str] = ('red box', 'blue box')
+                    ) -> dict[str, str]:
+  """A dataset as a user has it: ``folder/images/*.jpg`` plus
+  ``folder/train.json`` and ``folder/val.json`` (COCO format, category ids
+  10, 20, ...; no ``area``), not the COCO download layout.
+
+  Each image (``size`` = (h, w), so one canvas bucket) holds one or two
+  filled squares, red for the first class and blue for the second, on a
+  gray noisy background.
+
+  Returns:
+    ``{'train_json', 'val_json', 'images'}`` paths.
+  """
+  rng = np.random.default_rng(seed)
+  img_dir = os.path.join(folder, 'images')
+  os.makedirs(img_dir, exist_ok=True)
+  colors = [(220, 30, 30), (30, 30, 220), (30, 200, 30)]
+  cats = [{'id': 10 * (i + 1), 'name': n} for i, n in enumerate(classes)]
+  out = {'images': img_dir}
+  next_id = 1
+  for split, count in (('train', num_train), ('val', num_val)):
+    images, anns = [], []
+    for _ in range(count):
+      h, w = size
+      pixels = rng.integers(90, 150, (h, w, 3)).astype(np.uint8)
+      iid = next_id
+      next_id += 1
+      for _ in range(int(rng.integers(1, 3))):
+        c = int(rng.integers(len(classes)))
+        side = int(rng.integers(12, min(h, w) // 2))
+        x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
+        pixels[y:y + side, x:x + side] = colors[c % len(colors)]
+        anns.append({'id': len(anns) + 1, 'image_id': iid,
+                     'category_id': cats[c]['id'],
+                     'bbox': [x, y, side, side], 'iscrowd': 0})
+      name = f'{split}_{iid:04d}.jpg'
+      Image.fromarray(pixels).save(os.path.join(img_dir, name), quality=95)
+      images.append({'id': iid, 'file_name': name, 'height': h, 'width': w})
+    path = os.path.join(folder, f'{split}.json')
+    with open(path, 'w') as f:
+      json.dump({'images': images, 'annotations': anns, 'categories': cats}, f)
+    out[f'{split}_json'] = path
+  return out
