@@ -1,7 +1,8 @@
 """COCO-sized annotation files: ours vs pycocotools, time and peak memory.
 
-  python bench/data.py --coco-scale [--images 118287 --annotations 860001]
-  python bench/data.py --coco-eval  [--eval-images 5000 --dets 100]
+  python bench/data.py --coco-scale [--scale_images 118287
+                                     --scale_annotations 860001 --repeats 3]
+  python bench/data.py --coco-eval  [--eval_images 5000 --dets 100]
 
 ``--coco-scale`` writes (once, cached by its parameters) a synthetic
 ``instances_train2017.json`` the size of COCO's (118,287 images, 860,001
@@ -15,21 +16,24 @@ measures, each in a fresh subprocess so that peak memory is its own:
   validates every field, builds the per-image records);
 * ``build_train_loader`` on the same file (``data.name='coco'``,
   ``verify_images='none'``, grain not started): what ``train.py`` pays
-  before its first step.
+  before its first step;
+* ``coco_gt``: ``read_coco`` and then the evaluation ground truth
+  (``coco_gt()``, a pycocotools ``COCO`` built from the arrays kept by the
+  read): what ``eval.py`` pays.
 
-Time is wall time of the call; memory is the peak RSS growth over the RSS
-after the imports (``ru_maxrss`` minus the RSS before the call), so
+Time is wall and CPU time of the call; memory is the peak RSS growth over
+the RSS after the imports (``ru_maxrss`` minus the RSS before the call), so
 importing jax does not count against us. Rows are the median of
 ``--repeats`` runs (interleaved), and the ratios to pycocotools are of the
 same run.
 
 ``--coco-eval`` times COCOeval ('bbox': evaluate + accumulate + summarize)
-on generated ground truth (``--eval-images`` images, ~7 boxes each, 80
+on generated ground truth (``--eval_images`` images, ~7 boxes each, 80
 classes) and ``--dets`` detections per image (jittered copies of the ground
 truth plus random boxes, all classes), with pycocotools and with
-faster-coco-eval (when installed), checks that the 12 numbers are equal and
-prints both times (``frcnn_jax.metrics.coco_evaluate`` uses faster-coco-eval
-only when it is installed; pycocotools stays the reference).
+faster-coco-eval, prints the largest difference of the 12 numbers and
+both times (``metrics.coco_evaluate(evaluator=...)``, config
+``test.coco_evaluator``; pycocotools is the default and the reference).
 """
 
 from __future__ import annotations
@@ -154,11 +158,52 @@ def coco_scale_rows(path: str, repeats: int, kinds) -> list[dict]:
 
 def format_scale_table(rows: list[dict], peer: str = 'pycocotools') -> str:
   ref = next((r for r in rows if r['what'] == peer), None)
-  lines = ['| what | s | x pycocotools time | peak RSS+ MiB | '
-           'x pycocotools memory |', '|---|---|---|---|---|']
+  lines = ['| what | wall s | CPU s | x pycocotools (wall / CPU) | '
+           'peak RSS+ MiB | x pycocotools memory |',
+           '|---|---|---|---|---|---|']
   for r in rows:
-    rt = f'{r["s"] / ref["s"]:.2f}' if ref else ''
+    ratio = (f'{r["s"] / ref["s"]:.2f} / {r["cpu_s"] / ref["cpu_s"]:.2f}'
+             if ref else '')
     rm = f'{r["peak_mib"] / ref["peak_mib"]:.2f}' if ref else ''
-    lines.append(f'| {r["what"]} | {r["s"]:.2f} | {rt} | '
-                 f'{r["peak_mib"]:.0f} | {rm} |')
+    lines.append(f'| {r["what"]} | {r["s"]:.1f} | {r["cpu_s"]:.1f} | '
+                 f'{ratio} | {r["peak_mib"]:.0f} | {rm} |')
+  return '\n'.join(lines)
+
+
+# -- COCOeval at scale ----------------------------------------------------------
+
+def coco_eval_rows(num_images: int, dets_per_image: int, root: str,
+                   evaluators=None) -> tuple[list[dict], float]:
+  """Times ``metrics.coco_evaluate`` per evaluator on generated data.
+
+  Returns ``(rows, largest difference of the 12 numbers to pycocotools)``.
+  """
+  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import metrics
+  from frcnn_jax.data import coco
+  # pylint: enable=import-outside-toplevel
+  path = ensure_coco_like(root, num_images, 7 * num_images, seed=1)
+  gt = coco.read_coco(path, os.path.dirname(path),
+                      verify_images='none').coco_gt()
+  dets = testing.coco_like_detections(gt.dataset, dets_per_image, seed=2)
+  rows = []
+  for ev in evaluators or metrics.COCO_EVALUATORS:
+    c0, t = time.process_time(), time.perf_counter()
+    m = metrics.coco_evaluate(gt, dets, evaluator=ev)
+    rows.append({'evaluator': ev, 's': time.perf_counter() - t,
+                 'cpu_s': time.process_time() - c0,
+                 **{k: m[k] for k in metrics.COCO_METRIC_NAMES}})
+  diff = max(abs(rows[0][k] - r[k]) for r in rows
+             for k in metrics.COCO_METRIC_NAMES)
+  return rows, diff
+
+
+def format_eval_table(rows: list[dict]) -> str:
+  ref = rows[0]
+  lines = ['| evaluator | wall s | CPU s | x pycocotools (wall) | AP | AP50 | '
+           'AR100 |', '|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f'| {r["evaluator"]} | {r["s"]:.1f} | {r["cpu_s"]:.1f} | '
+                 f'{r["s"] / ref["s"]:.3f} | {r["AP"]:.6f} | '
+                 f'{r["AP50"]:.6f} | {r["AR100"]:.6f} |')
   return '\n'.join(lines)
