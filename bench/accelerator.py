@@ -452,7 +452,7 @@ def run(args) -> tuple[list[dict], str, str]:
     row["wall_s"] = time.perf_counter() - t
     rows.append(row)
     print(f"{s.label()}: {row['status']} ({row['wall_s']:.0f} s)", flush=True)
-  peaks = sorted({f"{r['setting'].dtype}: {r['peak_tflops']:.0f} TFLOP/s "
+  peaks = sorted({f"{r['setting'].dtype}: {r['peak_tflops']:.4g} TFLOP/s "
                   f"({r['peak_kind']})" for r in rows
                   if r.get("peak_tflops")})
   return rows, nms_line, "; ".join(peaks) or "none"
