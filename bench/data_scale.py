@@ -149,10 +149,9 @@ def coco_scale_rows(path: str, repeats: int, kinds) -> list[dict]:
       runs[k].append(measure(k, path))
   rows = []
   for k in kinds:
-    rows.append({'what': k,
-                 's': statistics.median(r['s'] for r in runs[k]),
-                 'peak_mib': statistics.median(r['peak_mib'] for r in runs[k]),
-                 'n': runs[k][0]['n']})
+    rows.append({'what': k, 'n': runs[k][0]['n'],
+                 **{f: statistics.median(r[f] for r in runs[k])
+                    for f in ('s', 'cpu_s', 'peak_mib')}})
   return rows
 
 
