@@ -228,7 +228,7 @@ def run_loader(args):
   core = one_core_breakdown(cfg, args.one_core_images)
 
   print(f'\n$ python bench/data.py {" ".join(sys.argv[1:])}')
-  print(f'{args.images} images at {cfg.root} (ready in {gen:.1f} s); '
+  print(f'{args.images} images at {cfg.root} (source read in {gen:.1f} s); '
         f'canvases {cfg.buckets}; batch {args.batch}; median of '
         f'{args.repeats} x {args.steps} batches; {os.cpu_count()} CPUs '
         '(shared: noisy)\n')
