@@ -115,7 +115,11 @@ def _plain(cfg, args):
 
 def one_core_breakdown(cfg, n: int, passes: int = 3) -> dict:
   """Seconds per image on one core (best of ``passes``): decode, resize,
-  and the whole transform (crop, flip, resize, boxes, pad)."""
+  and the whole transform (crop, flip, resize, boxes, pad).
+
+  Timed in CPU time of this (single-threaded) loop, so that a shared,
+  loaded machine does not count the time it gives to others.
+  """
   it = build_train_loader(cfg, seed=0, global_batch_size=1)
   maker = it._maker  # pylint: disable=protected-access
   table, reader, params = maker.table, maker.reader, maker.params
@@ -131,9 +135,9 @@ def one_core_breakdown(cfg, n: int, passes: int = 3) -> dict:
   def best(fn):
     times = []
     for _ in range(passes):
-      t = time.perf_counter()
+      t = time.process_time()
       fn()
-      times.append((time.perf_counter() - t) / len(recs))
+      times.append((time.process_time() - t) / len(recs))
     return min(times)
 
   rng = np.random.default_rng(0)
@@ -238,7 +242,7 @@ def run_loader(args):
   for name, r, s in rows:
     print(f'| {name:<38} | {r:9.1f} | {r / plain:7.2f}x | {s:11.2f} |')
   total = core['decode'] + core['transform']
-  print(f'\none core, per image (best of 3 passes over '
+  print(f'\none core, per image (CPU time, best of 3 passes over '
         f'{args.one_core_images} images): decode {1e3 * core["decode"]:.1f} '
         f'ms + transform {1e3 * core["transform"]:.1f} ms (of which resize '
         f'{1e3 * core["resize"]:.1f} ms; crop, flip, boxes, pad the rest) = '

@@ -28,7 +28,7 @@ gives the whole column as one array only when every value fitted, and
 :meth:`Columns.values` always gives the Python values (``int64`` and
 ``float64`` round-trip ints and floats exactly). Converting per block also
 matters for speed: keeping the decoder's small objects alive among the
-freed ones (the rest of each entry) makes the parse itself ~30% slower. Anything the
+freed ones (the rest of each entry) makes the parse itself ~15% slower. Anything the
 streaming scanner does not expect (malformed text, extra data, a top level
 that is not an object) is handed to ``json.loads`` of the whole text, so
 errors are ``json.JSONDecodeError`` s with the usual line and column, and
