@@ -30,6 +30,7 @@ from typing import Any
 import ml_collections
 
 from frcnn_jax import checkpoints
+from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import paths
 from frcnn_jax import siblings
 from frcnn_jax.data import datasets
@@ -333,6 +334,10 @@ def _check_test(c: _Checks, config: ml_collections.ConfigDict) -> None:
   c.frac("test.nms_thresh", t.nms_thresh, lo_open=False)
   c.pos("test.max_detections", t.max_detections)
   c.pos("test.batch_size", t.batch_size)
+  c.check(t.get("coco_evaluator", "pycocotools") in
+          metrics_lib.COCO_EVALUATORS, "test.coco_evaluator",
+          f"must be one of {metrics_lib.COCO_EVALUATORS}",
+          t.get("coco_evaluator"))
   c.check(t.metric in ("coco", "voc", "both"), "test.metric",
           "must be 'coco', 'voc' or 'both'", t.metric)
 

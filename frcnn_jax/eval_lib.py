@@ -96,8 +96,9 @@ def _voc_inputs(source, preds):
   return gt, dets
 
 
-def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
-    dict[str, Any], list[dict]]:
+def compute_metrics(source, preds, *, metric: str = "coco",
+                    coco_evaluator: str = "pycocotools") -> tuple[
+                        dict[str, Any], list[dict]]:
   """COCO and/or VOC metrics of ``preds`` against ``source``'s ground truth.
 
   Args:
@@ -105,6 +106,7 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
     preds: output of :func:`predict_dataset`.
     metric: ``'coco'`` (pycocotools COCOeval), ``'voc'`` (VOC07 11-point and
       area AP per class) or ``'both'``.
+    coco_evaluator: ``metrics.COCO_EVALUATORS`` (``test.coco_evaluator``).
 
   Returns:
     ``(metrics, coco_results)``.
@@ -126,7 +128,7 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
     out["coco"] = metrics_lib.coco_evaluate(
         source.coco_gt(), results,
         image_ids=[int(i) for i in preds["image_id"]],
-        class_names=source.class_names)
+        class_names=source.class_names, evaluator=coco_evaluator)
   if metric in ("voc", "both"):
     gt, dets = _voc_inputs(source, preds)
     names = source.class_names
@@ -182,7 +184,8 @@ def draw_examples(source, preds, out_dir: str, n: int, *,
 def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
              out_dir: str | None = None, max_images: int | None = None,
              vis_images: int = 0, vis_score_threshold: float = 0.5,
-             desc: str = "eval") -> dict[str, Any]:
+             desc: str = "eval",
+             coco_evaluator: str = "pycocotools") -> dict[str, Any]:
   """Inference over ``loader`` + metrics; process 0 writes ``out_dir``:
 
   ``detections.json`` (COCO results, original pixels, dataset category ids),
@@ -190,7 +193,8 @@ def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
   """
   preds = predict_dataset(predict_fn, params, rest, loader, mesh,
                           max_images=max_images, desc=desc)
-  m, results = compute_metrics(loader.source, preds, metric=metric)
+  m, results = compute_metrics(loader.source, preds, metric=metric,
+                               coco_evaluator=coco_evaluator)
   if out_dir and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "detections.json"), "w") as f:
@@ -283,7 +287,8 @@ def run(config, workdir: str, *, split: str | None = None,
                metric=config.test.metric, out_dir=out_dir,
                max_images=max_images, vis_images=vis_images,
                vis_score_threshold=config.test.vis_score_thresh,
-               desc=f"eval {split}")
+               desc=f"eval {split}",
+               coco_evaluator=config.test.get("coco_evaluator", "pycocotools"))
   if jax.process_index() == 0:
     print(f"\n{workdir} step {step}, {split}: {m['num_images']} images, "
           f"{m['num_detections']} detections")

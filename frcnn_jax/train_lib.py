@@ -322,7 +322,8 @@ class _Trainer:
         self.predict_fn, self.state.params, self.state.rest, self.eval_loader,
         self.mesh, metric=self.config.test.metric,
         max_images=self.config.train.eval_max_images or None,
-        desc=f"eval@{done}")
+        desc=f"eval@{done}",
+        coco_evaluator=self.config.test.get("coco_evaluator", "pycocotools"))
     self.writer.write_scalars(done, eval_lib.headline(m))
     return m
 

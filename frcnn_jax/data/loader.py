@@ -239,9 +239,14 @@ def assign_buckets(records: Sequence[Record],
   """Bucket index of every record; an image no bucket holds is an error."""
   out = np.zeros(len(records), np.int64)
   bad = []
+  plans = {}  # (h, w) -> (oh, ow, bucket): datasets repeat a few sizes.
   for i, r in enumerate(records):
-    oh, ow, _ = transforms.planned_size(r.height, r.width, params, train)
-    b = transforms.choose_bucket(oh, ow, params.buckets)
+    plan = plans.get((r.height, r.width))
+    if plan is None:
+      oh, ow, _ = transforms.planned_size(r.height, r.width, params, train)
+      plan = plans[r.height, r.width] = (
+          oh, ow, transforms.choose_bucket(oh, ow, params.buckets))
+    oh, ow, b = plan
     if b < 0:
       bad.append(f'{r.name}: {r.height}x{r.width} resizes to {oh}x{ow}')
     out[i] = b
