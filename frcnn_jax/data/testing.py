@@ -162,6 +162,7 @@ def write_user_coco(folder: str, *, num_train: int = 12, num_val: int = 4,
     with open(path, 'w') as f:
       json.dump({'images': images, 'annotations': anns, 'categories': cats}, f)
     out[f'{split}_json'] = path
+  return out
 
 
 # The 80 category ids of COCO (1..90 with gaps).
