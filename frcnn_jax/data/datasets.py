@@ -64,6 +64,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       default folder).
     scale, max_size: resize so the short side is ``scale`` and the long side
       at most ``max_size`` (the seed: 600/1000; 800/1200 with ``--ls``).
+    resize: ``'seed'`` (the seed's rounding, PIL bilinear, uint8 images) or
+      ``'torchvision'`` (torchvision's detection resize: floor sizes, torch's
+      bilinear without antialiasing, float32 images; the FPN configs).
     buckets: ``(H, W)`` canvases, multiples of 16; an image goes to the
       smallest one that holds it; a batch holds one bucket. Must hold every
       resized image (checked when a loader is built).
@@ -93,6 +96,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.tfds_data_dir = ''
   c.scale = 600
   c.max_size = 1000
+  c.resize = 'seed'
   c.buckets = ((608, 1008), (1008, 608))
   c.max_num_box = 20
   c.flip = True

@@ -4,6 +4,8 @@ Batch (numpy dict; ``B`` = images on this host, ``M`` = ``max_num_box``,
 ``H x W`` = the bucket canvas of the batch)::
 
   image       uint8   [B, H, W, 3]  RGB, NOT normalized; padding pixels 0
+                                    (float32 0..255 with data.resize =
+                                    'torchvision')
   im_info     float32 [B, 3]        (height, width, scale) of the resized
                                     content, placed top-left on the canvas
   gt_boxes    float32 [B, M, 4]     inclusive-pixel (x1, y1, x2, y2), canvas px
@@ -44,6 +46,7 @@ from frcnn_jax.data import datasets
 from frcnn_jax.data import images as images_lib
 from frcnn_jax.data import records as records_lib
 from frcnn_jax.data import transforms
+from frcnn_jax.data import tv_resize
 from frcnn_jax.data.records import DataError
 from frcnn_jax.data.records import DropStats
 from frcnn_jax.data.records import Record
@@ -118,7 +121,7 @@ class _BatchMaker:
 
   def _dummy(self, canvas):
     m = self.params.max_num_box
-    return {'image': np.zeros(canvas + (3,), np.uint8),
+    return {'image': np.zeros(canvas + (3,), self.params.image_dtype),
             'im_info': np.array([canvas[0], canvas[1], 1.0], np.float32),
             'gt_boxes': np.zeros((m, 4), np.float32),
             'gt_classes': np.zeros((m,), np.int32),
@@ -513,10 +516,13 @@ def prepare_image(image: np.ndarray, data_config) -> tuple[np.ndarray,
                                                            np.ndarray]:
   """Resize as evaluation does; returns ``(resized, im_info)``."""
   h, w = image.shape[:2]
-  s = transforms.compute_scale(h, w, data_config.scale, data_config.max_size)
-  rh, rw = transforms.resized_size(h, w, s)
-  return transforms.resize_image(image, rh, rw), np.array([rh, rw, s],
-                                                          np.float32)
+  params = transforms.TransformParams.from_config(data_config)
+  rh, rw, s = transforms.resize_plan(h, w, params)
+  if params.resize == 'torchvision':
+    resized = tv_resize.resize_bilinear(image, rh, rw)
+  else:
+    resized = transforms.resize_image(image, rh, rw)
+  return resized, np.array([rh, rw, s], np.float32)
 
 
 def image_batches(images: Sequence[tuple[Any, np.ndarray]], data_config,
@@ -544,7 +550,7 @@ def image_batches(images: Sequence[tuple[Any, np.ndarray]], data_config,
   for (ch, cw), items in groups.items():
     for i in range(0, len(items), batch_size):
       chunk = items[i:i + batch_size]
-      batch = np.zeros((batch_size, ch, cw, 3), np.uint8)
+      batch = np.zeros((batch_size, ch, cw, 3), items[0][1].dtype)
       info = np.tile(np.array([ch, cw, 1.0], np.float32), (batch_size, 1))
       for j, (_, im, inf) in enumerate(chunk):
         batch[j, :im.shape[0], :im.shape[1]] = im

@@ -27,6 +27,12 @@ holds flipped copies, its minibatch resizes, its loader crops):
    are dropped (the first ``M`` kept, as the seed) and counted.
 
 Evaluation examples skip 1, 2 and 4.
+
+``resize='torchvision'`` (the FPN configs) replaces step 3 by torchvision's
+detection resize (:mod:`frcnn_jax.data.tv_resize`): ``im_scale = min(scale /
+min(h, w), max_size / max(h, w))``, ``oh = floor(h * im_scale)``, torch's
+bilinear interpolation without antialiasing, float32 pixels (the canvas is
+then float32 too).
 """
 
 from __future__ import annotations
@@ -38,9 +44,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from frcnn_jax.data import tv_resize
+
 # The seed's ratio range: images with w / h outside it are cropped in training.
 MIN_RATIO = 0.5
 MAX_RATIO = 2.0
+RESIZE_MODES = ('seed', 'torchvision')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +63,11 @@ class TransformParams:
   crop_extreme_ratios: bool = True
   min_ratio: float = MIN_RATIO
   max_ratio: float = MAX_RATIO
+  resize: str = 'seed'
+
+  @property
+  def image_dtype(self):
+    return np.float32 if self.resize == 'torchvision' else np.uint8
 
   @classmethod
   def from_config(cls, c) -> 'TransformParams':
@@ -70,9 +84,24 @@ class TransformParams:
     if int(c.max_num_box) <= 0:
       raise ValueError(f'data.max_num_box must be positive, got '
                        f'{c.max_num_box}')
+    resize = str(c.get('resize', 'seed'))
+    if resize not in RESIZE_MODES:
+      raise ValueError(f'data.resize must be one of {RESIZE_MODES}, got '
+                       f'{resize!r}')
     return cls(scale=int(c.scale), max_size=int(c.max_size), buckets=buckets,
                max_num_box=int(c.max_num_box), flip=bool(c.flip),
-               crop_extreme_ratios=bool(c.crop_extreme_ratios))
+               crop_extreme_ratios=bool(c.crop_extreme_ratios), resize=resize)
+
+
+def resize_plan(height: int, width: int, params: 'TransformParams'
+                ) -> tuple[int, int, float]:
+  """``(oh, ow, im_scale)`` of an image under ``params.resize``."""
+  if params.resize == 'torchvision':
+    s = tv_resize.torchvision_scale(height, width, params.scale,
+                                    params.max_size)
+    return tv_resize.torchvision_size(height, width, s) + (s,)
+  s = compute_scale(height, width, params.scale, params.max_size)
+  return resized_size(height, width, s) + (s,)
 
 
 def compute_scale(height: int, width: int, scale: float,
@@ -224,9 +253,7 @@ def planned_size(height: int, width: int, params: TransformParams,
   if train and params.crop_extreme_ratios:
     height, width = crop_size(height, width, params.min_ratio,
                               params.max_ratio)
-  s = compute_scale(height, width, params.scale, params.max_size)
-  oh, ow = resized_size(height, width, s)
-  return oh, ow, s
+  return resize_plan(height, width, params)
 
 
 def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
@@ -261,18 +288,20 @@ def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
           h, w, boxes, rng, params.min_ratio, params.max_ratio)
       image = image[y0:y0 + ch, x0:x0 + cw]
       h, w = ch, cw
-  s = compute_scale(h, w, params.scale, params.max_size)
-  oh, ow = resized_size(h, w, s)
+  oh, ow, s = resize_plan(h, w, params)
   bh, bw = bucket
   if oh > bh or ow > bw:
     raise ValueError(f'resized image {oh}x{ow} does not fit bucket {bh}x{bw}')
-  resized = resize_image(image, oh, ow)
+  if params.resize == 'torchvision':
+    resized = tv_resize.resize_bilinear(image, oh, ow)
+  else:
+    resized = resize_image(image, oh, ow)
   boxes = boxes * s
   boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, ow - 1)
   boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, oh - 1)
   if train:
     boxes, classes = drop_degenerate(boxes, classes)
-  canvas = np.zeros((bh, bw, 3), np.uint8)
+  canvas = np.zeros((bh, bw, 3), params.image_dtype)
   canvas[:oh, :ow] = resized
   gb, gc, gv, dropped = pad_gt(boxes, classes, params.max_num_box)
   return {'image': canvas,
