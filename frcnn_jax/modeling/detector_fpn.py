@@ -264,9 +264,11 @@ class FasterRCNNFPN(nnx.Module):
     Returns:
       dict with ``proposals [B, P, 4]`` (torchvision convention,
       network-input pixels), ``proposal_scores``, ``proposal_valid``,
-      ``class_logits [B, P, K]``, ``box_deltas [B, P, K, 4]`` and the
-      detections of :func:`roi_heads_fpn.postprocess_detections` (``boxes``,
-      ``scores``, ``classes``, ``valid``, ``boxes_tv``).
+      ``class_logits [B, P, K]``, ``box_deltas [B, P, K, 4]``, ``levels``
+      (P2..P6, ``[B, H_l, W_l, F]``) and the detections of
+      :func:`roi_heads_fpn.postprocess_detections` (``boxes``, ``scores``,
+      ``classes``, ``valid``, ``boxes_tv``). Under jit, what the caller
+      drops is never computed (:meth:`predict`).
     """
     s = self.settings
     im_info = im_info.astype(jnp.float32)
@@ -283,7 +285,7 @@ class FasterRCNNFPN(nnx.Module):
     dets = jax.vmap(post)(props, pvalid, cls_logits, box_deltas, im_info)
     return dict(dets, proposals=props, proposal_scores=pscores,
                 proposal_valid=pvalid, class_logits=cls_logits,
-                box_deltas=box_deltas)
+                box_deltas=box_deltas, levels=levels)
 
   def predict(self, images, im_info):
     """Batched detections, as :meth:`FasterRCNN.predict`.

@@ -39,6 +39,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -110,14 +112,24 @@ def backbone_config(name: str) -> ml_collections.ConfigDict:
 
 
 def detector_for_state_dict(info: TorchvisionDetectorInfo, *,
-                            abstract: bool = True):
-  """Our FasterRCNNFPN with the shapes of ``info`` (abstract: no memory)."""
+                            abstract: bool = True,
+                            settings: detector_fpn.FPNSettings | None = None):
+  """Our FasterRCNNFPN with the shapes of ``info`` (abstract: no memory).
+
+  ``settings``: other test-time settings (proposal counts, thresholds);
+  default torchvision's. Its class count and variant must be ``info``'s.
+  """
   if info.backbone is None:
     raise ValueError(f"{info.describe()}: its block counts match no ResNet "
                      f"depth {dict(backbones.RESNET_STAGE_BLOCKS)}")
-  settings = detector_fpn.FPNSettings(
-      num_classes=info.num_classes, variant=info.variant,
-      rpn_conv_depth=2 if info.variant == "v2" else 1)
+  if settings is None:
+    settings = detector_fpn.FPNSettings(
+        num_classes=info.num_classes, variant=info.variant,
+        rpn_conv_depth=2 if info.variant == "v2" else 1)
+  if (settings.num_classes, settings.variant) != (info.num_classes,
+                                                  info.variant):
+    raise ValueError(f"settings for {settings.num_classes} classes "
+                     f"{settings.variant}, the state dict is {info.describe()}")
   bcfg = backbone_config(info.backbone)
   make = lambda: detector_fpn.FasterRCNNFPN(settings, bcfg, rngs=nnx.Rngs(0))
   return nnx.eval_shape(make) if abstract else make()
@@ -173,9 +185,27 @@ def _ignore(key: str) -> bool:
   return key.endswith("num_batches_tracked")
 
 
-def load_state_dict(model, state_dict: Mapping[str, Any]) -> None:
-  """Loads a torchvision Faster R-CNN FPN state dict into ``model``, in
-  place (every variable; WeightImportError lists what does not fit)."""
+REINITIALIZABLE = (("box_predictor", "cls_score"),
+                   ("box_predictor", "bbox_pred"))
+
+
+def load_state_dict(model, state_dict: Mapping[str, Any], *,
+                    reinit_mismatched_heads: bool = False) -> list[str]:
+  """Loads a torchvision Faster R-CNN FPN state dict into ``model``, in place.
+
+  Args:
+    model: a FasterRCNNFPN of the state dict's variant and depth.
+    state_dict: {torch key: array}; 'module.' prefixes are stripped.
+    reinit_mismatched_heads: leave the box predictor's layers as they are
+      when their shapes differ (fine-tuning to other classes).
+
+  Returns:
+    the modules left as they were.
+
+  Raises:
+    WeightImportError: missing / unexpected keys and shape mismatches, all
+      in one message (the model is unchanged then).
+  """
   state_dict = torch_io.strip_prefix(torch_io.to_numpy_tree(dict(state_dict)))
   try:
     info = analyze_state_dict(state_dict).describe()
@@ -184,9 +214,21 @@ def load_state_dict(model, state_dict: Mapping[str, Any]) -> None:
   hint = (f"the state dict is {info}; the model is a Faster R-CNN FPN "
           f"{model.settings.variant} with {model.settings.num_classes} "
           f"classes")
-  arrays = convert_state_dict(fpn_torch_spec(model), state_dict,
-                              ignore=_ignore, hint=hint)
-  assign_arrays(model, arrays)
+  spec = fpn_torch_spec(model)
+  skipped = set()
+  if reinit_mismatched_heads:
+    for path, src in spec.items():
+      if (tuple(path[:2]) in REINITIALIZABLE and src.key in state_dict and
+          tuple(np.shape(state_dict[src.key])) != tuple(src.torch_shape)):
+        skipped.add(tuple(path[:2]))
+  skipped_keys = {src.key for p, src in spec.items()
+                  if tuple(p[:2]) in skipped}
+  spec = {p: v for p, v in spec.items() if tuple(p[:2]) not in skipped}
+  arrays = convert_state_dict(
+      spec, state_dict, hint=hint,
+      ignore=lambda k: _ignore(k) or k in skipped_keys)
+  assign_arrays(model, arrays, require=lambda p: tuple(p[:2]) not in skipped)
+  return sorted(".".join(p) for p in skipped)
 
 
 def implied_config(info: TorchvisionDetectorInfo) -> dict[str, Any]:
@@ -235,6 +277,22 @@ def _pure_from_arrays(abstract_model, arrays: Mapping[Path, np.ndarray]
       node = node[k]
     node[path[-1]] = np.asarray(arrays[path], dtype=var.dtype)
   return pure
+
+
+def model_from_state_dict(state_dict: Mapping[str, Any], *,
+                          settings: detector_fpn.FPNSettings | None = None):
+  """A ready FasterRCNNFPN holding a torchvision state dict's weights
+  (built abstractly, then filled: no random initialisation is run)."""
+  state_dict = torch_io.strip_prefix(torch_io.to_numpy_tree(dict(state_dict)))
+  info = analyze_state_dict(state_dict)
+  abstract = detector_for_state_dict(info, abstract=True, settings=settings)
+  arrays = convert_state_dict(fpn_torch_spec(abstract), state_dict,
+                              ignore=_ignore,
+                              hint=f"the state dict is {info.describe()}")
+  graphdef, state = nnx.split(abstract)
+  pure = jax.tree.map(jnp.asarray, _pure_from_arrays(abstract, arrays))
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
 
 
 def convert_file(src: str, kind: str, out: str, classes: str = "") -> str:
