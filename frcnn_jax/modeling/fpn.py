@@ -205,12 +205,12 @@ def _ext(extent: Array | None, stride: int) -> Array | None:
 # The ResNet body, all four stages
 # ----------------------------------------------------------------------------
 
-def _bottleneck(blk: backbones.Bottleneck, x: Array, extent, stride: int,
-                stride_in_1x1: bool) -> Array:
+def _bottleneck(blk: backbones.Bottleneck, x: Array, extent,
+                stride: int) -> Array:
   """torchvision's Bottleneck with the 3x3 conv's input masked.
 
   ``stride`` is the input's stride (w.r.t. the image); the block's own
-  stride is read from its conv2 / conv1.
+  stride is read from its conv1 (caffe layout) and conv2 (torchvision's).
   """
   out = jax.nn.relu(blk.bn1(blk.conv1(x)))
   s1 = blk.conv1.strides[0]
@@ -219,14 +219,12 @@ def _bottleneck(blk: backbones.Bottleneck, x: Array, extent, stride: int,
   out = blk.bn3(blk.conv3(out))
   shortcut = x if blk.downsample is None else blk.downsample[1](
       blk.downsample[0](x))
-  del stride_in_1x1
   return jax.nn.relu(out + shortcut.astype(out.dtype))
 
 
-def _basic(blk: backbones.BasicBlock, x: Array, extent, stride: int,
-           stride_in_1x1: bool) -> Array:
+def _basic(blk: backbones.BasicBlock, x: Array, extent,
+           stride: int) -> Array:
   """BasicBlock (the tiny test network) with both 3x3 inputs masked."""
-  del stride_in_1x1
   x = mask_outside(x, _ext(extent, stride))
   s = blk.conv1.strides[0]
   out = jax.nn.relu(blk.bn1(blk.conv1(x)))
@@ -264,7 +262,7 @@ def resnet_stages(body: backbones.ResNet, x: Array,
   for k, stage in enumerate((body.layer1, body.layer2, body.layer3,
                              body.layer4)):
     for blk in stage:
-      x = block_fn(blk, x, extent, stride, body.stride_in_1x1)
+      x = block_fn(blk, x, extent, stride)
       stride *= (blk.conv2.strides[0] * blk.conv1.strides[0])
     if k + 2 == num_frozen:
       x = jax.lax.stop_gradient(x)
