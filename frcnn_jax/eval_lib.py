@@ -23,6 +23,7 @@ from frcnn_jax import compiler_options
 from frcnn_jax import data as data_lib
 from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import parallel
+from frcnn_jax import paths
 from frcnn_jax import vis
 from frcnn_jax.modeling import detector as detector_lib
 from frcnn_jax.weights import compat
@@ -95,8 +96,9 @@ def _voc_inputs(source, preds):
   return gt, dets
 
 
-def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
-    dict[str, Any], list[dict]]:
+def compute_metrics(source, preds, *, metric: str = "coco",
+                    coco_evaluator: str = "pycocotools") -> tuple[
+                        dict[str, Any], list[dict]]:
   """COCO and/or VOC metrics of ``preds`` against ``source``'s ground truth.
 
   Args:
@@ -104,6 +106,7 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
     preds: output of :func:`predict_dataset`.
     metric: ``'coco'`` (pycocotools COCOeval), ``'voc'`` (VOC07 11-point and
       area AP per class) or ``'both'``.
+    coco_evaluator: ``metrics.COCO_EVALUATORS`` (``test.coco_evaluator``).
 
   Returns:
     ``(metrics, coco_results)``.
@@ -125,7 +128,7 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
     out["coco"] = metrics_lib.coco_evaluate(
         source.coco_gt(), results,
         image_ids=[int(i) for i in preds["image_id"]],
-        class_names=source.class_names)
+        class_names=source.class_names, evaluator=coco_evaluator)
   if metric in ("voc", "both"):
     gt, dets = _voc_inputs(source, preds)
     names = source.class_names
@@ -181,7 +184,8 @@ def draw_examples(source, preds, out_dir: str, n: int, *,
 def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
              out_dir: str | None = None, max_images: int | None = None,
              vis_images: int = 0, vis_score_threshold: float = 0.5,
-             desc: str = "eval", class_map=None) -> dict[str, Any]:
+             desc: str = "eval", class_map=None,
+             coco_evaluator: str = "pycocotools") -> dict[str, Any]:
   """Inference over ``loader`` + metrics; process 0 writes ``out_dir``:
 
   ``detections.json`` (COCO results, original pixels, dataset category ids),
@@ -191,7 +195,8 @@ def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
   preds = predict_dataset(predict_fn, params, rest, loader, mesh,
                           max_images=max_images, desc=desc)
   preds = remap_classes(preds, class_map)
-  m, results = compute_metrics(loader.source, preds, metric=metric)
+  m, results = compute_metrics(loader.source, preds, metric=metric,
+                               coco_evaluator=coco_evaluator)
   if out_dir and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "detections.json"), "w") as f:
@@ -277,6 +282,7 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
     meta = ckpt.read_meta(step)
     compat.check_config_against_checkpoint(config, meta,
                                            where=ckpt.directory)
+    config = compat.adopt_checkpoint_settings(config, meta, ckpt.directory)
     names = meta.get("class_names")
     if (names and dataset_class_names is not None and
         len(names) != len(dataset_class_names)):
@@ -311,22 +317,32 @@ def run(config, workdir: str, *, split: str | None = None,
   Writes ``out_dir`` (default ``<workdir>/eval/<split>_step<N>``): see
   :func:`evaluate`. Returns the metrics.
   """
+  config = paths.resolve_paths(config)
   split = split or config.data.val_split
   mesh = parallel.create_mesh(config.mesh.num_devices)
+  # Never writes a dataset (the synthetic one): only training does.
   loader = data_lib.build_eval_loader(
       config.data, split, batch_size=config.test.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      generate=False)
   graphdef, params, rest, step, names = load_for_inference(
       config, workdir, num_classes=loader.source.num_classes, step=step,
       mesh=mesh, dataset_class_names=loader.source.class_names)
   class_map = class_map_by_name(names, loader.source.class_names) if (
       names) else None
+  if (names and class_map is None
+      and list(names) != list(loader.source.class_names)):
+    log.warning("%s was trained on the classes %s, %s has %s: detections are "
+                "scored against the dataset's classes by position", workdir,
+                list(names)[1:], loader.source.name,
+                loader.source.class_names[1:])
   out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{step}")
   m = evaluate(make_predict_fn(graphdef, mesh), params, rest, loader, mesh,
                metric=config.test.metric, out_dir=out_dir,
                max_images=max_images, vis_images=vis_images,
                vis_score_threshold=config.test.vis_score_thresh,
-               desc=f"eval {split}", class_map=class_map)
+               desc=f"eval {split}", class_map=class_map,
+               coco_evaluator=config.test.get("coco_evaluator", "pycocotools"))
   if jax.process_index() == 0:
     print(f"\n{workdir} step {step}, {split}: {m['num_images']} images, "
           f"{m['num_detections']} detections")

@@ -32,6 +32,7 @@ from frcnn_jax import eval_lib
 from frcnn_jax import metric_writers
 from frcnn_jax import optimizer as optimizer_lib
 from frcnn_jax import parallel
+from frcnn_jax import paths
 from frcnn_jax import run_lock
 from frcnn_jax import vis
 from frcnn_jax import weights
@@ -164,6 +165,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     CheckpointMismatchError: the workdir's checkpoints belong to another
       config.
   """
+  # Recorded absolute (config.json, checkpoint meta): eval and demo on this
+  # workdir then read the same data from any directory.
+  config = paths.resolve_paths(config)
   os.makedirs(workdir, exist_ok=True)
   lock = take_lock(workdir)
   try:
@@ -318,7 +322,8 @@ class _Trainer:
         self.predict_fn, self.state.params, self.state.rest, self.eval_loader,
         self.mesh, metric=self.config.test.metric,
         max_images=self.config.train.eval_max_images or None,
-        desc=f"eval@{done}")
+        desc=f"eval@{done}",
+        coco_evaluator=self.config.test.get("coco_evaluator", "pycocotools"))
     self.writer.write_scalars(done, eval_lib.headline(m))
     return m
 

@@ -98,5 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def run():
+  """The console script ``frcnn-weights``."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

@@ -152,8 +152,8 @@ def implied_config_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     put("backbone.tiny_widths")
     put("backbone.tiny_blocks")
   for key in ("model.bgr", "model.pixel_mean", "model.pixel_std",
-              "rpn.conv_channels", "roi.class_agnostic", "roi.pooling_mode",
-              "roi.pooling_size"):
+              "model.box_decode", "rpn.conv_channels", "roi.class_agnostic",
+              "roi.pooling_mode", "roi.pooling_size"):
     put(key)
   if get("roi.pooling_mode") == "align":
     put("roi.sampling_ratio")
@@ -169,6 +169,35 @@ def implied_config_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
       out["num_anchors"] = len(scales) * len(ratios)
   return out
 
+# Settings that belong to the weights and show in no array's shape: a
+# checkpoint is only right with the values it was trained with, so inference
+# takes them from the checkpoint instead of asking for an override.
+ADOPTED_KEYS = ("model.box_decode",)
+
+
+def adopt_checkpoint_settings(config: ml_collections.ConfigDict,
+                              meta: Mapping[str, Any], where: str
+                              ) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the ADOPTED_KEYS the checkpoint records.
+
+  A checkpoint that records none (older runs: trained with the defaults)
+  leaves the config as it is. Changed values are logged.
+  """
+  implied = implied_config_from_meta(meta)
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key in ADOPTED_KEYS:
+    if key not in implied or _same(_config_value(config, key), implied[key]):
+      continue
+    node = out
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    log.info("%s was trained with %s=%r: using it (the config says %r)",
+             where, key, implied[key], _config_value(config, key))
+    node[leaf] = implied[key]
+  return out
+
+
 def check_config_against_checkpoint(
     config: ml_collections.ConfigDict, meta: Mapping[str, Any], *,
     where: str = "the checkpoint", keys: Sequence[str] = MODEL_KEYS) -> None:
@@ -181,12 +210,13 @@ def check_config_against_checkpoint(
   settings passes. A faster-rcnn.pytorch checkpoint trained with a pooling
   mode we lack ('crop') is logged as a warning.
   """
-  implied = implied_config_from_meta(meta)
+  implied = {k: v for k, v in implied_config_from_meta(meta).items()
+             if k not in ADOPTED_KEYS}
   bad = config_mismatches(config, implied, keys)
   if bad:
     raise ConfigMismatchError(_mismatch_message(where, bad))
   pm = (meta.get("checkpoint") or {}).get("pooling_mode")
-  if isinstance(pm, str) and pm not in ("align", "pool"):
+  if isinstance(pm, str) and pm not in ("align", "pool", "crop"):
     log.warning("%s was trained with pooling_mode %r, which frcnn-jax does "
                 "not implement; using config.roi.pooling_mode=%r: results "
                 "differ from PyTorch's", where, pm, config.roi.pooling_mode)

@@ -61,8 +61,8 @@ def test_transforms_and_loader_use_it(rng):
   np.testing.assert_allclose(info, ex["im_info"])
   (keys, batch), = list(loader.image_batches([("a", img)], c, 2))
   assert batch["image"].dtype == np.float32 and keys == ["a"]
-  # The seed's mode is unchanged: uint8, rounded sizes.
-  c.resize = "seed"
+  # The PIL mode is unchanged: uint8, the seed's rounded sizes.
+  c.resize = "pil"
   p = transforms.TransformParams.from_config(c)
   assert p.image_dtype == np.uint8
   assert transforms.planned_size(50, 77, p, train=False)[:2] == (64, 99)
