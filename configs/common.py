@@ -32,6 +32,10 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   c.backbone = backbones.default_backbone_config(backbone)
 
   c.model = ml_collections.ConfigDict()
+  # 'c4': the seed's C4 detector (modeling/detector.py); 'fpn': torchvision's
+  # Faster R-CNN FPN (modeling/detector_fpn.py), set by fpn_config() with
+  # its `fpn` sub-dict.
+  c.model.arch = "c4"
   c.model.dtype = "float32"        # compute dtype: 'float32' | 'bfloat16'
   # Input normalisation, in the network's channel order: caffe weights take
   # BGR 0..255 minus the means; torchvision weights RGB (x - mean) / std.
@@ -162,3 +166,74 @@ def torchvision_preprocessing(c: ml_collections.ConfigDict) -> None:
   c.model.bgr = False
   c.model.pixel_mean = preprocessing.TORCHVISION_RGB_MEANS
   c.model.pixel_std = preprocessing.TORCHVISION_RGB_STDS
+
+
+def fpn_config(backbone: str = "resnet50",
+               variant: str = "v1") -> ml_collections.ConfigDict:
+  """torchvision's fasterrcnn_resnet50_fpn (v1) / _v2 settings.
+
+  The C4 keys keep their meaning where torchvision has the same knob, with
+  torchvision's values (FasterRCNN's defaults); the rest is in ``fpn``.
+  Data: torchvision's resize (min 800 / max 1333, bilinear on floats) and
+  canvases that are multiples of 32 (its batch padding).
+  """
+  c = base_config(backbone)
+  torchvision_preprocessing(c)
+  c.model.arch = "fpn"
+  # torchvision's detection ResNet: stride on the 3x3 conv, frozen BN,
+  # trainable_layers=3 (conv1 and layer1 frozen).
+  c.backbone.stride_in_1x1 = False
+  c.backbone.norm = "frozen_bn"
+  c.backbone.fixed_blocks = 1
+
+  c.fpn = ml_collections.ConfigDict()
+  c.fpn.variant = variant          # 'v1': no norm, 1-conv RPN, TwoMLPHead;
+  #                                 'v2': BatchNorm in FPN and box head,
+  #                                 2-conv RPN head, 4conv-1fc box head
+  c.fpn.out_channels = 256         # FPN channels F
+  c.fpn.anchor_sizes = (32, 64, 128, 256, 512)   # one per level P2..P6
+  c.fpn.representation_size = 1024               # box head fc width
+  c.fpn.head_convs = (256, 256, 256, 256)        # v2 box head convs
+  c.fpn.rpn_score_thresh = 0.0     # proposals need sigmoid >= this
+  c.fpn.box_min_size = 1e-2        # detections with a side below are removed
+  # Everything outside an image's size rounded up to 32 behaves as
+  # torchvision's zero padding (detections independent of the canvas).
+  # False: the whole canvas is the padded image, as torchvision's batch.
+  c.fpn.mask_canvas = True
+
+  c.anchors.ratios = (0.5, 1.0, 2.0)   # per level; anchors.scales unused
+  c.rpn.conv_channels = 256        # = fpn.out_channels (torchvision's head)
+  c.rpn.pre_nms_top_n = 2000       # PER LEVEL (training)
+  c.rpn.post_nms_top_n = 2000
+  c.rpn.nms_thresh = 0.7
+  c.rpn.min_size = 1e-3            # torchvision's remove_small_boxes
+  c.rpn.positive_overlap = 0.7
+  c.rpn.negative_overlap = 0.3
+  c.rpn.batch_size = 256
+  c.rpn.fg_fraction = 0.5
+  c.rpn.sigma = 3.0                # smooth-L1 beta = 1 / sigma^2 = 1/9
+  c.roi.pooling_size = 7           # MultiScaleRoIAlign(P2..P5, 7, 2)
+  c.roi.sampling_ratio = 2
+  c.roi.batch_size = 512
+  c.roi.fg_fraction = 0.25
+  c.roi.fg_thresh = 0.5
+  c.roi.bg_thresh_hi = 0.5
+  c.roi.bg_thresh_lo = 0.0
+  c.roi.bbox_normalize_stds = (0.1, 0.1, 0.2, 0.2)   # weights (10, 10, 5, 5)
+  c.roi.sigma = 3.0                # beta 1/9
+  c.test.rpn_pre_nms_top_n = 1000  # PER LEVEL
+  c.test.rpn_post_nms_top_n = 1000
+  c.test.rpn_nms_thresh = 0.7
+  c.test.nms_thresh = 0.5
+  c.test.score_thresh = 0.05
+  c.test.max_detections = 100
+
+  c.data.resize = "torchvision"
+  c.data.scale = 800
+  c.data.max_size = 1333
+  c.data.crop_extreme_ratios = False   # torchvision does not crop
+  c.data.buckets = ((800, 1344), (1344, 800), (800, 1088), (1088, 800),
+                    (800, 800))
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.bias_decay = True    # torchvision decays every parameter
+  return c

@@ -34,8 +34,10 @@ from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import paths
 from frcnn_jax import siblings
 from frcnn_jax.data import datasets
+from frcnn_jax.data import transforms
 from frcnn_jax.data.class_names import COCO_CLASSES
 from frcnn_jax.modeling import backbones
+from frcnn_jax.modeling import detector_fpn
 from frcnn_jax.weights import compat
 from frcnn_jax.weights import kinds as weight_kinds
 
@@ -251,8 +253,49 @@ class _Checks:
     self.check(v > 0, key, "must be > 0", v)
 
 
+def _is_fpn(config: ml_collections.ConfigDict) -> bool:
+  return config.model.get("arch", "c4") == "fpn"
+
+
+def _check_fpn(c: _Checks, config: ml_collections.ConfigDict) -> None:
+  """torchvision's FPN models (model.arch='fpn'): a ResNet body, the fpn
+  sub-dict, 32-divisible canvases, fixed RoI sampling."""
+  b = config.backbone
+  c.check(b.name != "vgg16", "backbone.name",
+          "the FPN models need a ResNet body", b.name)
+  f = config.get("fpn")
+  if f is None:
+    c.errors.append("config.fpn: missing; model.arch='fpn' needs the fpn "
+                    "sub-dict (configs/common.py fpn_config)")
+    return
+  c.check(f.variant in detector_fpn.VARIANTS, "fpn.variant",
+          f"one of {detector_fpn.VARIANTS}", f.variant)
+  c.pos("fpn.out_channels", f.out_channels)
+  c.pos("fpn.representation_size", f.representation_size)
+  c.check(len(f.anchor_sizes) == 5 and all(v > 0 for v in f.anchor_sizes),
+          "fpn.anchor_sizes", "needs 5 positive sizes (P2..P6)",
+          f.anchor_sizes)
+  c.check(config.rpn.conv_channels == f.out_channels, "rpn.conv_channels",
+          f"the FPN RPN head's conv keeps the FPN width (fpn.out_channels="
+          f"{f.out_channels})", config.rpn.conv_channels)
+  c.check(config.roi.sampling_ratio >= 1, "roi.sampling_ratio",
+          "MultiScaleRoIAlign needs a fixed sampling ratio >= 1",
+          config.roi.sampling_ratio)
+  c.check(f.box_min_size >= 0, "fpn.box_min_size", "must be >= 0",
+          f.box_min_size)
+  for i, (h, w) in enumerate(tuple(int(x) for x in bk)
+                             for bk in config.data.buckets):
+    c.check(h % 32 == 0 and w % 32 == 0, f"data.buckets[{i}]",
+            "FPN canvases must be multiples of 32 (torchvision's padding)",
+            (h, w))
+
+
 def _check_network(c: _Checks, config: ml_collections.ConfigDict) -> None:
   b = config.backbone
+  c.check(config.model.get("arch", "c4") in ("c4", "fpn"), "model.arch",
+          "must be 'c4' or 'fpn'", config.model.get("arch"))
+  if _is_fpn(config):
+    _check_fpn(c, config)
   c.check(b.name in backbones.BACKBONE_NAMES, "backbone.name",
           f"one of {backbones.BACKBONE_NAMES}", b.name)
   c.check(-1 <= b.fixed_blocks <= 3, "backbone.fixed_blocks",
@@ -277,8 +320,9 @@ def _check_anchors(c: _Checks, config: ml_collections.ConfigDict) -> None:
           "anchors.scales", "needs positive values", a.scales)
   c.check(len(a.ratios) > 0 and all(r > 0 for r in a.ratios),
           "anchors.ratios", "needs positive values", a.ratios)
-  c.check(a.stride == 16, "anchors.stride",
-          "the backbones' trunks have stride 16", a.stride)
+  if not _is_fpn(config):   # FPN: sizes per level in fpn.anchor_sizes
+    c.check(a.stride == 16, "anchors.stride",
+            "the backbones' trunks have stride 16", a.stride)
 
 
 def _check_rpn(c: _Checks, config: ml_collections.ConfigDict) -> None:
@@ -318,8 +362,8 @@ def _check_roi(c: _Checks, config: ml_collections.ConfigDict) -> None:
   c.check(len(q.bbox_normalize_stds) == 4 and
           all(s > 0 for s in q.bbox_normalize_stds), "roi.bbox_normalize_stds",
           "needs 4 positive values", q.bbox_normalize_stds)
-  if config.backbone.name == "vgg16" or config.backbone.name.startswith(
-      "resnet"):
+  if (config.backbone.name == "vgg16" or config.backbone.name.startswith(
+      "resnet")) and not _is_fpn(config):
     c.check(q.pooling_size == 7, "roi.pooling_size",
             "the ImageNet heads (layer4 / fc6) expect 7x7", q.pooling_size)
 
@@ -377,13 +421,16 @@ def _check_data(c: _Checks, config: ml_collections.ConfigDict,
   c.check(d.max_size == 0 or d.max_size >= d.scale, "data.max_size",
           f"must be 0 (no cap, the seed's rule) or >= data.scale ({d.scale})",
           d.max_size)
-  c.check(d.get("resize", "pil") in ("pil", "cv2"), "data.resize",
-          "must be 'pil' or 'cv2'", d.get("resize", "pil"))
   c.check(d.max_size > 0 or d.crop_extreme_ratios,
           "data.crop_extreme_ratios", "without a long-side cap "
           "(data.max_size=0) training needs the crop to w/h in [0.5, 2] to "
           "bound image sizes", d.crop_extreme_ratios)
   c.pos("data.max_num_box", d.max_num_box)
+  c.check(d.get("resize", "pil") in transforms.RESIZE_METHODS, "data.resize",
+          f"must be one of {transforms.RESIZE_METHODS}", d.get("resize"))
+  c.check(d.get("resize", "pil") != "torchvision" or d.max_size > 0,
+          "data.max_size", "data.resize='torchvision' needs a long-side cap "
+          "(torchvision's max_size)", d.max_size)
   buckets = [tuple(int(x) for x in bk) for bk in d.buckets]
   c.check(len(buckets) > 0, "data.buckets", "needs at least one canvas",
           d.buckets)

@@ -184,15 +184,17 @@ def draw_examples(source, preds, out_dir: str, n: int, *,
 def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
              out_dir: str | None = None, max_images: int | None = None,
              vis_images: int = 0, vis_score_threshold: float = 0.5,
-             desc: str = "eval",
+             desc: str = "eval", class_map=None,
              coco_evaluator: str = "pycocotools") -> dict[str, Any]:
   """Inference over ``loader`` + metrics; process 0 writes ``out_dir``:
 
   ``detections.json`` (COCO results, original pixels, dataset category ids),
   ``metrics.json`` and, with ``vis_images``, ``vis/<image_id>.png``.
+  ``class_map``: model class -> dataset class (:func:`class_map_by_name`).
   """
   preds = predict_dataset(predict_fn, params, rest, loader, mesh,
                           max_images=max_images, desc=desc)
+  preds = remap_classes(preds, class_map)
   m, results = compute_metrics(loader.source, preds, metric=metric,
                                coco_evaluator=coco_evaluator)
   if out_dir and jax.process_index() == 0:
@@ -207,8 +209,50 @@ def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
   return m
 
 
+def class_map_by_name(model_names, dataset_names) -> np.ndarray | None:
+  """Model class index -> dataset class index, matched by name.
+
+  For a model whose classes are not the dataset's but name them (e.g.
+  torchvision's COCO detectors: 91 slots, slot k = COCO category id k, unused
+  ids named 'N/A', against the COCO reader's 81 contiguous classes).
+
+  Returns:
+    ``[len(model_names)]`` int32 (-1: the dataset has no such class, its
+    detections are dropped), or None when the counts are equal: classes are
+    then taken as they are, by index, whatever their names (as before
+    names were compared).
+
+  Raises:
+    ValueError: a dataset class the model does not name.
+  """
+  model_names, dataset_names = list(model_names), list(dataset_names)
+  if len(model_names) == len(dataset_names):
+    return None
+  index = {n: i for i, n in enumerate(dataset_names)}
+  missing = [n for n in dataset_names[1:] if n not in model_names]
+  if missing:
+    raise ValueError(f"the model's {len(model_names)} classes do not name "
+                     f"the dataset's {missing[:5]} ({len(missing)} missing)")
+  out = np.array([index.get(n, -1) for n in model_names], np.int32)
+  out[0] = 0
+  return out
+
+
+def remap_classes(preds: dict[str, np.ndarray],
+                  class_map: np.ndarray | None) -> dict[str, np.ndarray]:
+  """Detections with ``classes`` mapped by ``class_map`` (see
+  :func:`class_map_by_name`); unmapped classes become invalid."""
+  if class_map is None:
+    return preds
+  cls = class_map[np.asarray(preds["classes"])]
+  valid = np.asarray(preds["valid"]) & (cls > 0)
+  return dict(preds, classes=np.where(valid, cls, 0).astype(np.int32),
+              valid=valid)
+
+
 def load_for_inference(config, path: str, *, num_classes: int | None = None,
-                       step: int | None = None, mesh=None):
+                       step: int | None = None, mesh=None,
+                       dataset_class_names=None):
   """Builds the detector of ``config`` and restores a checkpoint into it.
 
   Args:
@@ -218,6 +262,9 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
       by ``python -m frcnn_jax.weights convert``.
     num_classes: expected number of classes (incl. background); default:
       the checkpoint's class names.
+    dataset_class_names: the dataset's class names: a checkpoint with other
+      classes is accepted when it names every one of them (evaluated through
+      :func:`class_map_by_name`); num_classes is then not checked.
     step: a checkpoint step; default the newest readable one.
 
   Returns:
@@ -237,6 +284,10 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
                                            where=ckpt.directory)
     config = compat.adopt_checkpoint_settings(config, meta, ckpt.directory)
     names = meta.get("class_names")
+    if (names and dataset_class_names is not None and
+        len(names) != len(dataset_class_names)):
+      class_map_by_name(names, dataset_class_names)   # Raises if unusable.
+      num_classes = None
     if num_classes is None:
       if not names:
         raise ValueError(f"{ckpt.directory}: the checkpoint has no class "
@@ -276,8 +327,11 @@ def run(config, workdir: str, *, split: str | None = None,
       generate=False)
   graphdef, params, rest, step, names = load_for_inference(
       config, workdir, num_classes=loader.source.num_classes, step=step,
-      mesh=mesh)
-  if names and list(names) != list(loader.source.class_names):
+      mesh=mesh, dataset_class_names=loader.source.class_names)
+  class_map = class_map_by_name(names, loader.source.class_names) if (
+      names) else None
+  if (names and class_map is None
+      and list(names) != list(loader.source.class_names)):
     log.warning("%s was trained on the classes %s, %s has %s: detections are "
                 "scored against the dataset's classes by position", workdir,
                 list(names)[1:], loader.source.name,
@@ -287,7 +341,7 @@ def run(config, workdir: str, *, split: str | None = None,
                metric=config.test.metric, out_dir=out_dir,
                max_images=max_images, vis_images=vis_images,
                vis_score_threshold=config.test.vis_score_thresh,
-               desc=f"eval {split}",
+               desc=f"eval {split}", class_map=class_map,
                coco_evaluator=config.test.get("coco_evaluator", "pycocotools"))
   if jax.process_index() == 0:
     print(f"\n{workdir} step {step}, {split}: {m['num_images']} images, "

@@ -135,12 +135,15 @@ def export_detector(detector: Detector, out: str, *,
           "buckets": [[int(h), int(w)] for h, w in programs],
           "exif_transpose": bool(config.data.get("exif_transpose", True)),
           "resize": str(config.data.get("resize", "pil")),
-          "rule": ("im_scale = scale / min(h, w), or max_size / max(h, w) "
-                     "when round(im_scale * max(h, w)) > max_size; size "
-                     "round(h * im_scale) x round(w * im_scale); pixels as "
-                     "frcnn_jax.data.transforms.resize_image; placed "
-                     "top-left on the smallest bucket holding it, zeros "
-                     "elsewhere"),
+          "rule": ("frcnn_jax.data.transforms.plan_resize(h, w, scale, "
+                   "max_size, resize) gives the size and im_scale (the "
+                   "seed's: im_scale = scale / min(h, w), or max_size / "
+                   "max(h, w) when round(im_scale * max(h, w)) > max_size, "
+                   "size round(h * im_scale) x round(w * im_scale); "
+                   "'torchvision': floor sizes); pixels as "
+                   "frcnn_jax.data.transforms.resize_image; placed "
+                   "top-left on the smallest bucket holding it, zeros "
+                   "elsewhere"),
       },
       "batch_size": int(config.test.batch_size),
       "programs": files,

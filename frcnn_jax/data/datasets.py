@@ -135,9 +135,11 @@ def default_data_config() -> ml_collections.ConfigDict:
       Detectron). ``max_size = 0``: no cap, the seed's effective rule (its
       cap is commented out; training images are bounded by the crop to
       ``w / h`` in [0.5, 2]).
-    resize: ``'pil'`` (uint8 bilinear, antialiased when shrinking) or
+    resize: ``'pil'`` (uint8 bilinear, antialiased when shrinking),
       ``'cv2'`` (the seed's float32 OpenCV ``INTER_LINEAR``; batches carry
-      float32 images).
+      float32 images) or ``'torchvision'`` (torchvision's detection resize:
+      ``min(scale / short, max_size / long)``, floor sizes, torch's bilinear
+      without antialiasing, float32 images; the FPN configs).
     buckets: ``(H, W)`` canvases, multiples of 16; an image goes to the
       smallest one that holds it; a batch holds one bucket. Must hold every
       training image (checked when a loader is built); an evaluation image

@@ -4,6 +4,8 @@ Batch (numpy dict; ``B`` = images on this host, ``M`` = ``max_num_box``,
 ``H x W`` = the bucket canvas of the batch)::
 
   image       uint8   [B, H, W, 3]  RGB, NOT normalized; padding pixels 0
+                                    (float32 0..255 with data.resize =
+                                    'torchvision')
   im_info     float32 [B, 3]        (height, width, scale) of the resized
                                     content, placed top-left on the canvas
   gt_boxes    float32 [B, M, 4]     inclusive-pixel (x1, y1, x2, y2), canvas px
@@ -547,11 +549,10 @@ def prepare_image(image: np.ndarray, data_config) -> tuple[np.ndarray,
                                                            np.ndarray]:
   """Resize as evaluation does; returns ``(resized, im_info)``."""
   h, w = image.shape[:2]
-  s = transforms.compute_scale(h, w, data_config.scale, data_config.max_size)
-  rh, rw = transforms.resized_size(h, w, s)
-  resized = transforms.resize_image(
-      image, rh, rw, method=str(getattr(data_config, 'resize', 'pil')),
-      im_scale=s)
+  method = str(getattr(data_config, 'resize', 'pil'))
+  rh, rw, s = transforms.plan_resize(h, w, data_config.scale,
+                                     data_config.max_size, method)
+  resized = transforms.resize_image(image, rh, rw, method=method, im_scale=s)
   return resized, np.array([rh, rw, s], np.float32)
 
 

@@ -32,6 +32,12 @@ holds flipped copies, its minibatch resizes, its loader crops):
    are dropped (the first ``M`` kept, as the seed) and counted.
 
 Evaluation examples skip 1, 2 and 4.
+
+``resize='torchvision'`` (the FPN configs) replaces step 3 by torchvision's
+detection resize (:mod:`frcnn_jax.data.tv_resize`): ``im_scale = min(scale /
+min(h, w), max_size / max(h, w))``, ``oh = floor(h * im_scale)``, torch's
+bilinear interpolation without antialiasing, float32 pixels (the canvas is
+then float32 too).
 """
 
 from __future__ import annotations
@@ -44,13 +50,14 @@ import numpy as np
 from PIL import Image
 
 from frcnn_jax.data import cv_resize
+from frcnn_jax.data import tv_resize
 
 # The seed's ratio range: images with w / h outside it are cropped in training.
 MIN_RATIO = 0.5
 MAX_RATIO = 2.0
-
-
-RESIZE_METHODS = ('pil', 'cv2')
+# 'pil': uint8 PIL bilinear; 'cv2': the seed's float32 OpenCV resize;
+# 'torchvision': torchvision's detection resize (float32; the FPN configs).
+RESIZE_METHODS = ('pil', 'cv2', 'torchvision')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +78,9 @@ class TransformParams:
 
   @property
   def image_dtype(self):
-    """dtype of batch images: float32 for the seed's float resize."""
-    return np.float32 if self.resize == 'cv2' else np.uint8
+    """dtype of batch images: float32 for the float resizes (the seed's
+    OpenCV one and torchvision's)."""
+    return np.float32 if self.resize in ('cv2', 'torchvision') else np.uint8
 
   @classmethod
   def from_config(cls, c) -> 'TransformParams':
@@ -96,6 +104,24 @@ class TransformParams:
     return cls(scale=int(c.scale), max_size=int(c.max_size), buckets=buckets,
                max_num_box=int(c.max_num_box), flip=bool(c.flip),
                crop_extreme_ratios=bool(c.crop_extreme_ratios), resize=resize)
+
+
+def resize_plan(height: int, width: int, params: 'TransformParams'
+                ) -> tuple[int, int, float]:
+  """``(oh, ow, im_scale)`` of an image under ``params.resize``."""
+  return plan_resize(height, width, params.scale, params.max_size,
+                     params.resize)
+
+
+def plan_resize(height: int, width: int, scale: float, max_size: float,
+                method: str = 'pil') -> tuple[int, int, float]:
+  """``(oh, ow, im_scale)``: torchvision's floor sizes for
+  ``method='torchvision'``, else the seed's rounding (``cv2.resize``)."""
+  if method == 'torchvision':
+    s = tv_resize.torchvision_scale(height, width, scale, max_size)
+    return tv_resize.torchvision_size(height, width, s) + (s,)
+  s = compute_scale(height, width, scale, max_size)
+  return resized_size(height, width, s) + (s,)
 
 
 def compute_scale(height: int, width: int, scale: float,
@@ -209,8 +235,12 @@ def resize_image(image: np.ndarray, out_h: int, out_w: int, *,
 
   ``method='pil'``: PIL on uint8 (antialiased when shrinking), uint8 out;
   ``'cv2'``: OpenCV's ``INTER_LINEAR`` with ``fx = fy = im_scale`` on
-  float32 (the seed's ``prep_im_for_blob``), float32 out.
+  float32 (the seed's ``prep_im_for_blob``), float32 out;
+  ``'torchvision'``: torch's bilinear without antialiasing on float32
+  (``GeneralizedRCNNTransform``), float32 out.
   """
+  if method == 'torchvision':
+    return tv_resize.resize_bilinear(image, out_h, out_w)
   if method == 'cv2':
     out = cv_resize.resize_bilinear(image, im_scale)
     if out.shape[:2] != (out_h, out_w):
@@ -258,9 +288,7 @@ def planned_size(height: int, width: int, params: TransformParams,
   if train and params.crop_extreme_ratios:
     height, width = crop_size(height, width, params.min_ratio,
                               params.max_ratio)
-  s = compute_scale(height, width, params.scale, params.max_size)
-  oh, ow = resized_size(height, width, s)
-  return oh, ow, s
+  return resize_plan(height, width, params)
 
 
 def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
@@ -295,8 +323,7 @@ def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
           h, w, boxes, rng, params.min_ratio, params.max_ratio)
       image = image[y0:y0 + ch, x0:x0 + cw]
       h, w = ch, cw
-  s = compute_scale(h, w, params.scale, params.max_size)
-  oh, ow = resized_size(h, w, s)
+  oh, ow, s = resize_plan(h, w, params)
   bh, bw = bucket
   if oh > bh or ow > bw:
     raise ValueError(f'resized image {oh}x{ow} does not fit bucket {bh}x{bw}')

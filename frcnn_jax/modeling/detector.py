@@ -31,6 +31,7 @@ import ml_collections
 from flax import nnx
 
 from frcnn_jax.modeling import backbones
+from frcnn_jax.modeling import detector_fpn
 from frcnn_jax.modeling import losses
 from frcnn_jax.modeling import preprocessing
 from frcnn_jax.modeling import roi_heads
@@ -351,7 +352,13 @@ def settings_from_config(config: ml_collections.ConfigDict,
 
 def build_detector(config: ml_collections.ConfigDict, num_classes: int, *,
                    rngs: nnx.Rngs | None = None) -> FasterRCNN:
-  """A freshly initialised detector for ``config`` (seeded by config.seed)."""
+  """A freshly initialised detector for ``config`` (seeded by config.seed).
+
+  ``config.model.arch == 'fpn'`` builds torchvision's FPN model
+  (:class:`detector_fpn.FasterRCNNFPN`, same ``loss`` / ``predict``).
+  """
+  if config.model.get("arch", "c4") == "fpn":
+    return detector_fpn.build_fpn_detector(config, num_classes, rngs=rngs)
   if rngs is None:
     rngs = nnx.Rngs(config.seed)
   return FasterRCNN(settings_from_config(config, num_classes),

@@ -104,12 +104,13 @@ def check_preprocessing(config: ml_collections.ConfigDict, prep: Preprocessing,
 # Keys that change what the weights compute: a checkpoint evaluated (or
 # fine-tuned) with other values gives wrong results or does not load.
 MODEL_KEYS = ("backbone", "model.bgr", "model.pixel_mean", "model.pixel_std",
-              "rpn.conv_channels", "num_anchors", "roi")
+              "rpn.conv_channels", "num_anchors", "roi", "model.arch", "fpn")
 
 # The part a new run started from a checkpoint must share with it (the heads
 # may change: other classes, anchors or pooling).
 ARCHITECTURE_KEYS = ("backbone", "model.bgr", "model.pixel_mean",
-                     "model.pixel_std", "rpn.conv_channels")
+                     "model.pixel_std", "rpn.conv_channels", "model.arch",
+                     "fpn.variant", "fpn.out_channels")
 
 def implied_config_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
   """The model-defining config values recorded with a checkpoint.
@@ -158,8 +159,14 @@ def implied_config_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     put("roi.sampling_ratio")
     put("roi.aligned")
   scales, ratios = get("anchors.scales"), get("anchors.ratios")
-  if scales is not None and ratios is not None:
-    out["num_anchors"] = len(scales) * len(ratios)
+  if get("model.arch") == "fpn":   # torchvision's FPN models
+    for key in ("model.arch", "fpn.variant", "fpn.out_channels",
+                "fpn.representation_size", "fpn.head_convs"):
+      put(key)
+  else:
+    put("model.arch")   # 'c4' (absent in checkpoints of older versions)
+    if scales is not None and ratios is not None:
+      out["num_anchors"] = len(scales) * len(ratios)
   return out
 
 # Settings that belong to the weights and show in no array's shape: a
