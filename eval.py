@@ -1,37 +1,12 @@
 """Evaluates a checkpoint: python eval.py --config=configs/shapes.py --workdir=runs/shapes
 
-Restores the newest (or --step) checkpoint of the workdir, runs batched
-inference over the split on every device and prints the COCO table
-(pycocotools) and/or VOC07 / area mAP with per-class AP. Writes
-``<out>/detections.json`` (COCO results), ``<out>/metrics.json`` and, with
-``--vis=N``, N images with their detections under ``<out>/vis``.
+A thin wrapper of ``python -m frcnn_jax.eval`` (``frcnn-eval`` once
+installed); see frcnn_jax/eval.py for the flags.
 """
 
 from absl import app
-from absl import flags
 
-from frcnn_jax import cli
-from frcnn_jax import eval_lib
-
-cli.define_common_flags(reads_checkpoint=True)
-flags.DEFINE_string("split", "", "Dataset split (default: config.data."
-                    "val_split).")
-flags.DEFINE_integer("max_images", 0, "Evaluate only the first N images "
-                     "(0 = all).")
-flags.DEFINE_integer("vis", 0, "Write N images with drawn detections.")
-flags.DEFINE_string("out", "", "Output folder (default: <workdir>/eval/"
-                    "<split>_step<N>).")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  cli.setup(FLAGS, argv)
-  config = cli.load_config(FLAGS)
-  eval_lib.run(config, cli.workdir(FLAGS), split=FLAGS.split or None,
-               step=None if FLAGS.step < 0 else FLAGS.step,
-               out_dir=FLAGS.out or None, max_images=FLAGS.max_images or None,
-               vis_images=FLAGS.vis)
-
+from frcnn_jax.eval import main
 
 if __name__ == "__main__":
   app.run(main)

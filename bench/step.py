@@ -39,7 +39,15 @@ import numpy as np
 
 from bench import timing
 
-MODELS = {"tiny": "tiny_resnet", "r50": "resnet50", "r101": "resnet101"}
+MODELS = {"tiny": "tiny_resnet", "r50": "resnet50", "r101": "resnet101",
+          "r50_fpn": "resnet50"}
+FPN_MODELS = ("r50_fpn",)   # torchvision's fasterrcnn_resnet50_fpn (v1)
+
+
+def canvas_multiple(model: str) -> int:
+  """Canvas sides are multiples of 32 for the FPN models (torchvision's
+  padding), 16 for the C4 ones."""
+  return 32 if model in FPN_MODELS else 16
 
 
 class PeakRSS:
@@ -85,13 +93,19 @@ def make_inputs(h, w, batch, num_gt=5, seed=0):
 def seed_config(model: str, h: int, w: int, batch: int, dtype="float32"):
   """Our config for a benchmark model at canvas (h, w) (multiples of 16)."""
   from configs import common  # pylint: disable=import-outside-toplevel
+  from configs import coco_r50_fpn  # pylint: disable=import-outside-toplevel
   from configs import shapes  # pylint: disable=import-outside-toplevel
-  c = shapes.get_config() if model == "tiny" else common.base_config(
-      MODELS[model])
+  if model in FPN_MODELS:
+    c = coco_r50_fpn.get_config()
+  else:
+    c = shapes.get_config() if model == "tiny" else common.base_config(
+        MODELS[model])
   c.data.buckets = ((h, w),)
   c.train.batch_size = batch
   c.model.dtype = dtype
-  if model != "tiny":
+  if model in FPN_MODELS:
+    c.optimizer.lr = 0.02 / 16 * batch
+  elif model != "tiny":
     c.optimizer.lr = 1e-3 * batch
   return c
 
@@ -133,7 +147,8 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
   from frcnn_jax import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
   from frcnn_jax import train_lib  # pylint: disable=import-outside-toplevel
-  hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
+  k = canvas_multiple(model)
+  hp, wp = -(-h // k) * k, -(-w // k) * k
   c = seed_config(model, hp, wp, batch, dtype)
   image, boxes, classes = make_inputs(hp, wp, batch)
   m = c.data.max_num_box
@@ -147,7 +162,7 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
   out = {"framework": "ours (jax)", "model": model, "image": f"{h}x{w}",
          "canvas": f"{hp}x{wp}", "batch": batch, "dtype": dtype}
   mesh = parallel.create_mesh()
-  net = detector.build_detector(c, 21)
+  net = detector.build_detector(c, 91 if model in FPN_MODELS else 21)
   zero_init_residual(net.backbone)
   tx, sched = optimizer_lib.make_optimizer(c.optimizer, 1000)
   graphdef, state = train_lib.create_train_state(net, tx, 0)
@@ -209,8 +224,27 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
   return out
 
 
+def build_torchvision_fpn(num_classes: int = 91):
+  """torchvision's fasterrcnn_resnet50_fpn as it is built for training from
+  ImageNet weights (FrozenBatchNorm2d, trainable_layers=3), random weights,
+  zero_init_residual (bounded activations, as ours)."""
+  # pylint: disable=import-outside-toplevel
+  import torchvision
+  from torchvision.models.detection import FasterRCNN
+  from torchvision.models.detection import backbone_utils
+  from torchvision.ops import misc
+  # pylint: enable=import-outside-toplevel
+  r = torchvision.models.resnet50(weights=None, norm_layer=misc.FrozenBatchNorm2d,
+                                  zero_init_residual=True)
+  backbone = backbone_utils._resnet_fpn_extractor(r, 3)  # pylint: disable=protected-access
+  return FasterRCNN(backbone, num_classes=num_classes)
+
+
 def build_torchvision(model: str, num_classes: int = 21):
-  """torchvision FasterRCNN with the seed's C4 network and settings."""
+  """torchvision FasterRCNN with the seed's C4 network and settings (or its
+  own fasterrcnn_resnet50_fpn for the FPN model)."""
+  if model in FPN_MODELS:
+    return build_torchvision_fpn()
   # pylint: disable=import-outside-toplevel
   import torch
   import torchvision
@@ -392,7 +426,8 @@ def format_table(rows, columns=COLUMNS) -> str:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--models", default="tiny,r50,r101",
-                 type=lambda s: s.split(","))
+                 type=lambda s: s.split(","),
+                 help="comma-separated: tiny, r50, r101 (C4), r50_fpn")
   p.add_argument("--height", type=int, default=600)
   p.add_argument("--width", type=int, default=1000)
   p.add_argument("--batch", type=int, default=1)

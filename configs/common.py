@@ -32,6 +32,10 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   c.backbone = backbones.default_backbone_config(backbone)
 
   c.model = ml_collections.ConfigDict()
+  # 'c4': the seed's C4 detector (modeling/detector.py); 'fpn': torchvision's
+  # Faster R-CNN FPN (modeling/detector_fpn.py), set by fpn_config() with
+  # its `fpn` sub-dict.
+  c.model.arch = "c4"
   c.model.dtype = "float32"        # compute dtype: 'float32' | 'bfloat16'
   # Input normalisation, in the network's channel order: caffe weights take
   # BGR 0..255 minus the means; torchvision weights RGB (x - mean) / std.
@@ -43,6 +47,16 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   # 'pallas' (interpreted, slowly, on CPU). 'jnp' is the default until the
   # kernel has been run on real GPUs/TPUs (it is only interpret-tested).
   c.model.nms_impl = "jnp"
+  # Regression deltas -> boxes: 'exact' inverts the encoding (a perfect
+  # regression gives back the ground truth); 'seed' is faster-rcnn.pytorch's
+  # bbox_transform_inv, one pixel wider and taller. New training uses
+  # 'exact'; a converted faster-rcnn.pytorch checkpoint carries 'seed' and
+  # evaluation takes it from the checkpoint.
+  c.model.box_decode = "exact"
+  # Zero activations outside each image before layers that read neighbours:
+  # detections independent of the canvas and the batch (off: only to
+  # measure the cost).
+  c.model.canvas_masks = True
 
   c.anchors = ml_collections.ConfigDict()
   c.anchors.scales = (8, 16, 32)   # ANCHOR_SCALES (COCO: 4, 8, 16, 32)
@@ -65,7 +79,7 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   c.rpn.sigma = 3.0
 
   c.roi = ml_collections.ConfigDict()     # POOLING_* and TRAIN.* RoI sampling
-  c.roi.pooling_mode = "align"     # res101.yml; 'pool' = RoIPool
+  c.roi.pooling_mode = "align"     # res101.yml; 'pool' RoIPool; 'crop' RoI crop
   c.roi.pooling_size = 7
   c.roi.sampling_ratio = 0         # adaptive, as the seed's RoIAlign
   c.roi.aligned = False
@@ -90,6 +104,10 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   c.test.batch_size = 8            # global, for eval.py / demo.py
   c.test.vis_score_thresh = 0.5    # what --vis and demo.py draw
   c.test.metric = "coco"           # 'coco' | 'voc' | 'both'
+  # COCOeval implementation: 'pycocotools' (the reference) or
+  # 'faster_coco_eval' (C++, ~10x faster on COCO val; the 12 numbers agree
+  # to ~1e-16, not bit for bit: frcnn_jax/metrics.py COCO_EVALUATORS).
+  c.test.coco_evaluator = "pycocotools"
 
   c.data = data.default_data_config()
 
@@ -137,8 +155,92 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   return c
 
 
+def seed_input(c: ml_collections.ConfigDict, scale: int = 600) -> None:
+  """The seed's input rule: short side ``scale``, no long-side cap (its
+  ``MAX_SIZE`` cap is commented out), OpenCV float32 bilinear resize, and
+  canvases up to 2 x ``scale`` (training crops w / h to [0.5, 2])."""
+  c.data.scale = scale
+  c.data.max_size = 0
+  c.data.resize = "cv2"
+  short = -(-scale // 16) * 16
+  longs = sorted({-(-int(scale * r) // 16) * 16 for r in (4 / 3, 5 / 3, 2)})
+  c.data.buckets = tuple(b for long in longs
+                         for b in ((short, long), (long, short)))
+
+
 def torchvision_preprocessing(c: ml_collections.ConfigDict) -> None:
   """RGB mean/std inputs, for torchvision ImageNet weights."""
   c.model.bgr = False
   c.model.pixel_mean = preprocessing.TORCHVISION_RGB_MEANS
   c.model.pixel_std = preprocessing.TORCHVISION_RGB_STDS
+
+
+def fpn_config(backbone: str = "resnet50",
+               variant: str = "v1") -> ml_collections.ConfigDict:
+  """torchvision's fasterrcnn_resnet50_fpn (v1) / _v2 settings.
+
+  The C4 keys keep their meaning where torchvision has the same knob, with
+  torchvision's values (FasterRCNN's defaults); the rest is in ``fpn``.
+  Data: torchvision's resize (min 800 / max 1333, bilinear on floats) and
+  canvases that are multiples of 32 (its batch padding).
+  """
+  c = base_config(backbone)
+  torchvision_preprocessing(c)
+  c.model.arch = "fpn"
+  # torchvision's detection ResNet: stride on the 3x3 conv, frozen BN,
+  # trainable_layers=3 (conv1 and layer1 frozen).
+  c.backbone.stride_in_1x1 = False
+  c.backbone.norm = "frozen_bn"
+  c.backbone.fixed_blocks = 1
+
+  c.fpn = ml_collections.ConfigDict()
+  c.fpn.variant = variant          # 'v1': no norm, 1-conv RPN, TwoMLPHead;
+  #                                 'v2': BatchNorm in FPN and box head,
+  #                                 2-conv RPN head, 4conv-1fc box head
+  c.fpn.out_channels = 256         # FPN channels F
+  c.fpn.anchor_sizes = (32, 64, 128, 256, 512)   # one per level P2..P6
+  c.fpn.representation_size = 1024               # box head fc width
+  c.fpn.head_convs = (256, 256, 256, 256)        # v2 box head convs
+  c.fpn.rpn_score_thresh = 0.0     # proposals need sigmoid >= this
+  c.fpn.box_min_size = 1e-2        # detections with a side below are removed
+  # Everything outside an image's size rounded up to 32 behaves as
+  # torchvision's zero padding (detections independent of the canvas).
+  # False: the whole canvas is the padded image, as torchvision's batch.
+  c.fpn.mask_canvas = True
+
+  c.anchors.ratios = (0.5, 1.0, 2.0)   # per level; anchors.scales unused
+  c.rpn.conv_channels = 256        # = fpn.out_channels (torchvision's head)
+  c.rpn.pre_nms_top_n = 2000       # PER LEVEL (training)
+  c.rpn.post_nms_top_n = 2000
+  c.rpn.nms_thresh = 0.7
+  c.rpn.min_size = 1e-3            # torchvision's remove_small_boxes
+  c.rpn.positive_overlap = 0.7
+  c.rpn.negative_overlap = 0.3
+  c.rpn.batch_size = 256
+  c.rpn.fg_fraction = 0.5
+  c.rpn.sigma = 3.0                # smooth-L1 beta = 1 / sigma^2 = 1/9
+  c.roi.pooling_size = 7           # MultiScaleRoIAlign(P2..P5, 7, 2)
+  c.roi.sampling_ratio = 2
+  c.roi.batch_size = 512
+  c.roi.fg_fraction = 0.25
+  c.roi.fg_thresh = 0.5
+  c.roi.bg_thresh_hi = 0.5
+  c.roi.bg_thresh_lo = 0.0
+  c.roi.bbox_normalize_stds = (0.1, 0.1, 0.2, 0.2)   # weights (10, 10, 5, 5)
+  c.roi.sigma = 3.0                # beta 1/9
+  c.test.rpn_pre_nms_top_n = 1000  # PER LEVEL
+  c.test.rpn_post_nms_top_n = 1000
+  c.test.rpn_nms_thresh = 0.7
+  c.test.nms_thresh = 0.5
+  c.test.score_thresh = 0.05
+  c.test.max_detections = 100
+
+  c.data.resize = "torchvision"
+  c.data.scale = 800
+  c.data.max_size = 1333
+  c.data.crop_extreme_ratios = False   # torchvision does not crop
+  c.data.buckets = ((800, 1344), (1344, 800), (800, 1088), (1088, 800),
+                    (800, 800))
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.bias_decay = True    # torchvision decays every parameter
+  return c

@@ -21,7 +21,7 @@ def voc_config(backbone: str, years: str = "2007"):
                         "2007_trainval+2012_trainval")
   c.data.val_split = "2007_test"
   c.data.max_num_box = 20
-  c.data.buckets = ((608, 800), (800, 608), (608, 1008), (1008, 608))
+  common.seed_input(c, 600)
   c.anchors.scales = (8, 16, 32)
   c.test.metric = "voc"
   c.train.batch_size = 4

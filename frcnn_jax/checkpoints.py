@@ -489,6 +489,13 @@ def read_step_meta(ckpt_dir: str, step: int) -> dict[str, Any]:
     return dict(ckptr.restore(os.path.join(step_dir, "meta")))
 
 
+def newest_meta(path: str) -> dict[str, Any]:
+  """The ``meta`` of the newest step of a workdir or converted folder ({})."""
+  ckpt_dir = checkpoint_location(path)
+  steps = checkpoint_steps(ckpt_dir)
+  return read_step_meta(ckpt_dir, steps[-1]) if steps else {}
+
+
 def _dotted(path) -> str:
   return ".".join(str(getattr(k, "key", k)) for k in path)
 

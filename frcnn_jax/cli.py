@@ -1,4 +1,13 @@
-"""What train.py, eval.py and demo.py share: flags, devices, config loading."""
+"""What train, eval and demo share: flags, devices, config loading.
+
+``--config`` takes a built-in config's name (``shapes``, ``voc07_res101``)
+or a config file's path (``config_lib.find_config_file``), so the tools
+work from any directory; its paths are made absolute at once
+(``frcnn_jax.paths``). Tools that read a workdir (eval, demo, export) use
+the config the workdir recorded when ``--config`` is not given, with the
+``--config.<key>=`` overrides applied to it: the data it was trained with,
+wherever the tool runs.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +18,56 @@ import sys
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as _config_flags_impl
 
 from frcnn_jax import config_lib
+from frcnn_jax import paths
+from frcnn_jax import siblings
+from frcnn_jax.data import records as data_records
 
+log = logging.getLogger("frcnn_jax")
 
 _CHECKPOINT_WORKDIR_HELP = (
     "Train workdir (default: runs/<config name>), or a folder written by "
     "`python -m frcnn_jax.weights convert`.")
+_CONFIG_HELP = (
+    "Built-in config name (shapes, tiny, voc07_res101, coco_res101, ...) or "
+    "a config file (ml_collections get_config()). ")
+
+
+class _ConfigFileParser(_config_flags_impl.ConfigFileFlagParser):
+  """ml_collections' config-file parser, given a name or a path."""
+
+  def parse(self, path):
+    name, sep, arg = path.partition(":")
+    try:
+      resolved = config_lib.find_config_file(name)
+    except siblings.SiblingPackageError as e:
+      if path != config_lib.DEFAULT_CONFIG:
+        raise ValueError(str(e)) from None
+      # The default, parsed when the flag is defined: fail only if used.
+      return _config_flags_impl._ErrorConfig(e)  # pylint: disable=protected-access
+    except FileNotFoundError as e:
+      raise ValueError(str(e)) from None
+    return super().parse(resolved + sep + arg)
+
+
+def _define_config_flag(help_string: str) -> None:
+  # config_flags.DEFINE_config_file with our parser (name or path).
+  flag = _config_flags_impl._ConfigFlag(  # pylint: disable=protected-access
+      parser=_ConfigFileParser(name="config", lock_config=True),
+      serializer=flags.ArgumentSerializer(), name="config",
+      default=config_lib.DEFAULT_CONFIG, help_string=help_string,
+      flag_values=flags.FLAGS)
+  flags.DEFINE_flag(flag, flags.FLAGS)
 
 
 def define_common_flags(*, reads_checkpoint: bool) -> None:
   """--config, --workdir (and --step for tools that read a checkpoint),
   plus the device / distributed flags."""
-  config_flags.DEFINE_config_file(
-      "config", "configs/shapes.py", "Config file (ml_collections).",
-      lock_config=True)
+  _define_config_flag(_CONFIG_HELP + (
+      "Default: the config recorded in --workdir, else shapes."
+      if reads_checkpoint else "Default: shapes."))
   if reads_checkpoint:
     flags.DEFINE_string("workdir", "", _CHECKPOINT_WORKDIR_HELP)
     flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the newest.")
@@ -88,11 +132,58 @@ def setup(f, argv) -> None:
       jax.device_count(), jax.devices()[0].platform)
 
 
-def load_config(f, *, check_paths: bool = True):
-  """The --config (with overrides), validated."""
-  config = f.config
+def load_config(f, *, check_paths: bool = True, workdir: str | None = None):
+  """The --config (with overrides), paths absolute, validated.
+
+  Args:
+    f: the parsed absl FLAGS.
+    check_paths: require the dataset's files and folders to exist.
+    workdir: for tools that read a workdir: without --config, the config the
+      workdir recorded (``config_lib.recorded_config``) is used, with the
+      --config.<key> overrides applied.
+  """
+  config = None
+  if workdir is not None and not f["config"].present:
+    config = config_lib.recorded_config(workdir)
+    if config is not None:
+      for key, value in config_flags.get_override_values(f["config"]).items():
+        config_lib.set_override(config, key, value)
+      log.info("config: the one recorded in %s", workdir)
+  if config is None:
+    config = f.config
+    if isinstance(config, _config_flags_impl._ErrorConfig):  # pylint: disable=protected-access
+      config.lock()  # Raises the error of the default config.
+  config = paths.resolve_paths(config)
+  if workdir is not None and f["config"].present:
+    _warn_other_paths(config, workdir)
   config_lib.validate(config, check_paths=check_paths)
   return config
+
+
+def _warn_other_paths(config, workdir: str) -> None:
+  """Logs the paths of an explicit --config that differ from the workdir's."""
+  try:
+    recorded = config_lib.recorded_config(workdir)
+  except Exception:  # pylint: disable=broad-except
+    return  # Reported, if it matters, when the checkpoint is read.
+  if recorded is None or recorded.get("data", {}).get("name") != \
+      config.data.name:
+    return
+  diffs = [f"{k}={paths.get(recorded, k)!r} (now {paths.get(config, k)!r})"
+           for k in paths.PATH_KEYS if k.startswith("data.")
+           and paths.get(recorded, k) != paths.get(config, k)]
+  if diffs:
+    log.warning("%s was trained with %s; leave out --config to use the "
+                "config it recorded", workdir, ", ".join(diffs))
+
+
+def exit_on_data_error(fn, *args, **kwargs):
+  """``fn(*args, **kwargs)``; a dataset error ends the program with its
+  message (no traceback) and exit code 1."""
+  try:
+    return fn(*args, **kwargs)
+  except data_records.DataError as e:
+    exit_with_message(e, code=1)
 
 
 def workdir(f) -> str:

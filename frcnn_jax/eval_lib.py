@@ -24,6 +24,7 @@ from frcnn_jax import console
 from frcnn_jax import data as data_lib
 from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import parallel
+from frcnn_jax import paths
 from frcnn_jax import vis
 from frcnn_jax.modeling import detector as detector_lib
 from frcnn_jax.weights import compat
@@ -125,8 +126,9 @@ def _voc_inputs(source, preds):
   return gt, dets
 
 
-def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
-    dict[str, Any], list[dict]]:
+def compute_metrics(source, preds, *, metric: str = "coco",
+                    coco_evaluator: str = "pycocotools") -> tuple[
+                        dict[str, Any], list[dict]]:
   """COCO and/or VOC metrics of ``preds`` against ``source``'s ground truth.
 
   Args:
@@ -134,6 +136,7 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
     preds: output of :func:`predict_dataset`.
     metric: ``'coco'`` (pycocotools COCOeval), ``'voc'`` (VOC07 11-point and
       area AP per class) or ``'both'``.
+    coco_evaluator: ``metrics.COCO_EVALUATORS`` (``test.coco_evaluator``).
 
   Returns:
     ``(metrics, coco_results)``; ``metrics['coco']`` (or ``['voc07']`` for
@@ -156,7 +159,8 @@ def compute_metrics(source, preds, *, metric: str = "coco") -> tuple[
     out["coco"] = metrics_lib.coco_evaluate(
         source.coco_gt(), results,
         image_ids=[int(i) for i in preds["image_id"]],
-        class_names=source.class_names, pr_curves=True)
+        class_names=source.class_names, pr_curves=True,
+        evaluator=coco_evaluator)
   if metric in ("voc", "both"):
     gt, dets = _voc_inputs(source, preds)
     names = source.class_names
@@ -251,7 +255,8 @@ def write_analysis(source, preds, curves, out_dir: str, *,
 def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
              out_dir: str | None = None, max_images: int | None = None,
              vis_images: int = 0, vis_score_threshold: float = 0.5,
-             desc: str = "eval", timing: dict | None = None
+             desc: str = "eval", timing: dict | None = None,
+             class_map=None, coco_evaluator: str = "pycocotools"
              ) -> dict[str, Any]:
   """Inference over ``loader`` + metrics; process 0 writes ``out_dir``:
 
@@ -260,11 +265,15 @@ def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
   ``confusion_matrix.json`` / ``.png`` (detections scoring at least
   ``vis_score_threshold``; PNGs with matplotlib) and, with ``vis_images``,
   ``vis/<image_id>.png`` (:func:`draw_examples`). ``timing``: see
-  :func:`predict_dataset`.
+  :func:`predict_dataset`. ``class_map``: model class -> dataset class
+  (:func:`class_map_by_name`); ``coco_evaluator``: see
+  ``metrics.COCO_EVALUATORS``.
   """
   preds = predict_dataset(predict_fn, params, rest, loader, mesh,
                           max_images=max_images, desc=desc, timing=timing)
-  m, results = compute_metrics(loader.source, preds, metric=metric)
+  preds = remap_classes(preds, class_map)
+  m, results = compute_metrics(loader.source, preds, metric=metric,
+                               coco_evaluator=coco_evaluator)
   curves = None
   for key in ("coco", "voc07"):
     if key in m and "pr_curves" in m[key]:
@@ -284,8 +293,50 @@ def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
   return m
 
 
+def class_map_by_name(model_names, dataset_names) -> np.ndarray | None:
+  """Model class index -> dataset class index, matched by name.
+
+  For a model whose classes are not the dataset's but name them (e.g.
+  torchvision's COCO detectors: 91 slots, slot k = COCO category id k, unused
+  ids named 'N/A', against the COCO reader's 81 contiguous classes).
+
+  Returns:
+    ``[len(model_names)]`` int32 (-1: the dataset has no such class, its
+    detections are dropped), or None when the counts are equal: classes are
+    then taken as they are, by index, whatever their names (as before
+    names were compared).
+
+  Raises:
+    ValueError: a dataset class the model does not name.
+  """
+  model_names, dataset_names = list(model_names), list(dataset_names)
+  if len(model_names) == len(dataset_names):
+    return None
+  index = {n: i for i, n in enumerate(dataset_names)}
+  missing = [n for n in dataset_names[1:] if n not in model_names]
+  if missing:
+    raise ValueError(f"the model's {len(model_names)} classes do not name "
+                     f"the dataset's {missing[:5]} ({len(missing)} missing)")
+  out = np.array([index.get(n, -1) for n in model_names], np.int32)
+  out[0] = 0
+  return out
+
+
+def remap_classes(preds: dict[str, np.ndarray],
+                  class_map: np.ndarray | None) -> dict[str, np.ndarray]:
+  """Detections with ``classes`` mapped by ``class_map`` (see
+  :func:`class_map_by_name`); unmapped classes become invalid."""
+  if class_map is None:
+    return preds
+  cls = class_map[np.asarray(preds["classes"])]
+  valid = np.asarray(preds["valid"]) & (cls > 0)
+  return dict(preds, classes=np.where(valid, cls, 0).astype(np.int32),
+              valid=valid)
+
+
 def load_for_inference(config, path: str, *, num_classes: int | None = None,
-                       step: int | None = None, mesh=None):
+                       step: int | None = None, mesh=None,
+                       dataset_class_names=None):
   """Builds the detector of ``config`` and restores a checkpoint into it.
 
   Args:
@@ -295,6 +346,9 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
       by ``python -m frcnn_jax.weights convert``.
     num_classes: expected number of classes (incl. background); default:
       the checkpoint's class names.
+    dataset_class_names: the dataset's class names: a checkpoint with other
+      classes is accepted when it names every one of them (evaluated through
+      :func:`class_map_by_name`); num_classes is then not checked.
     step: a checkpoint step; default the newest readable one.
 
   Returns:
@@ -312,7 +366,12 @@ def load_for_inference(config, path: str, *, num_classes: int | None = None,
     meta = ckpt.read_meta(step)
     compat.check_config_against_checkpoint(config, meta,
                                            where=ckpt.directory)
+    config = compat.adopt_checkpoint_settings(config, meta, ckpt.directory)
     names = meta.get("class_names")
+    if (names and dataset_class_names is not None and
+        len(names) != len(dataset_class_names)):
+      class_map_by_name(names, dataset_class_names)   # Raises if unusable.
+      num_classes = None
     if num_classes is None:
       if not names:
         raise ValueError(f"{ckpt.directory}: the checkpoint has no class "
@@ -342,20 +401,32 @@ def run(config, workdir: str, *, split: str | None = None,
   Writes ``out_dir`` (default ``<workdir>/eval/<split>_step<N>``): see
   :func:`evaluate`. Returns the metrics.
   """
+  config = paths.resolve_paths(config)
   split = split or config.data.val_split
   mesh = parallel.create_mesh(config.mesh.num_devices)
+  # Never writes a dataset (the synthetic one): only training does.
   loader = data_lib.build_eval_loader(
       config.data, split, batch_size=config.test.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  graphdef, params, rest, step, _ = load_for_inference(
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      generate=False)
+  graphdef, params, rest, step, names = load_for_inference(
       config, workdir, num_classes=loader.source.num_classes, step=step,
-      mesh=mesh)
+      mesh=mesh, dataset_class_names=loader.source.class_names)
+  class_map = class_map_by_name(names, loader.source.class_names) if (
+      names) else None
+  if (names and class_map is None
+      and list(names) != list(loader.source.class_names)):
+    log.warning("%s was trained on the classes %s, %s has %s: detections are "
+                "scored against the dataset's classes by position", workdir,
+                list(names)[1:], loader.source.name,
+                loader.source.class_names[1:])
   out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{step}")
   m = evaluate(make_predict_fn(graphdef, mesh), params, rest, loader, mesh,
                metric=config.test.metric, out_dir=out_dir,
                max_images=max_images, vis_images=vis_images,
                vis_score_threshold=config.test.vis_score_thresh,
-               desc=f"eval {split}")
+               desc=f"eval {split}", class_map=class_map,
+               coco_evaluator=config.test.get("coco_evaluator", "pycocotools"))
   if jax.process_index() == 0:
     print(f"\n{workdir} step {step}, {split}: {m['num_images']} images, "
           f"{m['num_detections']} detections")

@@ -46,6 +46,7 @@ from frcnn_jax import eval_lib
 from frcnn_jax import metric_writers
 from frcnn_jax import optimizer as optimizer_lib
 from frcnn_jax import parallel
+from frcnn_jax import paths
 from frcnn_jax import run_lock
 from frcnn_jax import vis
 from frcnn_jax import weights
@@ -228,6 +229,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     CheckpointMismatchError: the workdir's checkpoints belong to another
       config.
   """
+  # Recorded absolute (config.json, checkpoint meta): eval and demo on this
+  # workdir then read the same data from any directory.
+  config = paths.resolve_paths(config)
   os.makedirs(workdir, exist_ok=True)
   lock = take_lock(workdir)
   try:
@@ -416,7 +420,8 @@ class _Trainer:
         self.predict_fn, self.state.params, self.state.rest, self.eval_loader,
         self.mesh, metric=self.config.test.metric,
         max_images=self.config.train.eval_max_images or None,
-        desc=f"eval@{done}", timing=self.eval_timing)
+        desc=f"eval@{done}", timing=self.eval_timing,
+        coco_evaluator=self.config.test.get("coco_evaluator", "pycocotools"))
     seconds = time.perf_counter() - t
     # The ETA counts evaluations at their speed without compilation.
     self.eval_seconds.append(

@@ -10,7 +10,10 @@ clamped at 0, so an inverted box has area 0). IoU is the seed's
     iou = inter / (area_i + area_j - inter)
 
 and a box is suppressed when its IoU with an already kept box is
-``> iou_threshold`` (``nms_cpu`` keeps ``ovr <= thresh``).
+``> iou_threshold`` (``nms_cpu`` keeps ``ovr <= thresh``). With
+``pixel_offset=0.0`` the two ``+ 1`` (and those of the areas) are left out:
+torchvision's ``nms`` / ``batched_nms`` for boxes in its convention (no +1),
+used by the FPN models.
 
 Algorithm (:func:`nms`): sort once by score, then walk the sorted list in
 tiles of ``T`` boxes (``T = 64``). Each tile is first checked against the
@@ -66,30 +69,34 @@ def _prepare(boxes: jnp.ndarray, scores: jnp.ndarray, present: jnp.ndarray):
   return sorted_boxes.T, alive, order
 
 
-def _areas(b: jnp.ndarray) -> jnp.ndarray:
+def _areas(b: jnp.ndarray, offset: float = 1.0) -> jnp.ndarray:
   """Areas of coordinate-major boxes ``[4, ...]`` with clamped sides."""
-  return (jnp.maximum(b[2] - b[0] + 1.0, 0.0)
-          * jnp.maximum(b[3] - b[1] + 1.0, 0.0))
+  return (jnp.maximum(b[2] - b[0] + offset, 0.0)
+          * jnp.maximum(b[3] - b[1] + offset, 0.0))
 
 
-def _suppresses(rows, row_area, cols, col_area, threshold):
+def _suppresses(rows, row_area, cols, col_area, threshold, offset=1.0):
   """``[R, C]`` bool: IoU(row box, col box) > threshold.
 
   ``rows`` is ``[4, R, 1]`` and ``cols`` ``[4, 1, C]`` (coordinate-major, so
   the C axis is contiguous and the reduction over R vectorises). Pairs with a
   non-positive union (two empty boxes) or a non-number IoU never suppress.
+  ``offset`` is the +1 of the inclusive-pixel convention (0: torchvision's).
   """
   iw = jnp.maximum(
-      jnp.minimum(rows[2], cols[2]) - jnp.maximum(rows[0], cols[0]) + 1.0, 0.0)
+      jnp.minimum(rows[2], cols[2]) - jnp.maximum(rows[0], cols[0]) + offset,
+      0.0)
   ih = jnp.maximum(
-      jnp.minimum(rows[3], cols[3]) - jnp.maximum(rows[1], cols[1]) + 1.0, 0.0)
+      jnp.minimum(rows[3], cols[3]) - jnp.maximum(rows[1], cols[1]) + offset,
+      0.0)
   inter = iw * ih
   union = row_area + col_area - inter
   ok = union > 0
   return ok & (inter / jnp.where(ok, union, 1.0) > threshold)
 
 
-def _greedy_sorted(b, alive, labels, threshold, max_output: int, tile: int):
+def _greedy_sorted(b, alive, labels, threshold, max_output: int, tile: int,
+                   offset: float = 1.0):
   """Greedy NMS over boxes already sorted by descending score.
 
   Args:
@@ -100,6 +107,7 @@ def _greedy_sorted(b, alive, labels, threshold, max_output: int, tile: int):
     threshold: scalar float32.
     max_output: stop after this many kept boxes.
     tile: tile size ``T``.
+    offset: the IoU's pixel offset (1: inclusive pixels, 0: torchvision).
 
   Returns:
     ``(positions [max_output] int32 (sorted positions of kept boxes, -1
@@ -108,7 +116,7 @@ def _greedy_sorted(b, alive, labels, threshold, max_output: int, tile: int):
   p = alive.shape[0]
   num_tiles = p // tile
   cap = -(-max_output // tile) * tile  # kept-box buffer, whole tiles.
-  areas = _areas(b)
+  areas = _areas(b, offset)
   with_labels = labels is not None
   if not with_labels:
     labels = jnp.zeros((p,), jnp.int32)
@@ -116,7 +124,7 @@ def _greedy_sorted(b, alive, labels, threshold, max_output: int, tile: int):
 
   def block(rb, ra, rl, cb, ca, cl):
     sup = _suppresses(rb[:, :, None], ra[:, None], cb[:, None, :], ca[None, :],
-                      threshold)
+                      threshold, offset)
     if with_labels:
       sup = sup & (rl[:, None] == cl[None, :])
     return sup
@@ -194,7 +202,8 @@ def _pad_to_tiles(x, tile, value):
   return jnp.pad(x, widths, constant_values=value)
 
 
-def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output, tile):
+def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output, tile,
+              offset=1.0):
   """Shared body of :func:`nms` and :func:`batched_nms`; see :func:`nms`."""
   n = scores.shape[0]
   if max_output == 0 or n == 0:
@@ -208,7 +217,8 @@ def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output, tile):
     labels = _pad_to_tiles(labels[order], tile, -1)
   threshold = jnp.asarray(iou_threshold, jnp.float32)
   cap = min(max_output, n)  # Never more kept than inputs.
-  positions, count = _greedy_sorted(b, alive, labels, threshold, cap, tile)
+  positions, count = _greedy_sorted(b, alive, labels, threshold, cap, tile,
+                                    offset)
   valid = jnp.arange(cap) < count
   indices = jnp.where(valid, order[jnp.maximum(positions, 0)], -1)
   pad = max_output - cap
@@ -217,7 +227,7 @@ def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output, tile):
 
 
 def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
-        max_output: int, *, tile_size: int = TILE
+        max_output: int, *, tile_size: int = TILE, pixel_offset: float = 1.0
         ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Greedy NMS (the seed's ``nms_cpu``) with a fixed-size, padded output.
 
@@ -256,6 +266,9 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
     max_output: static number of output slots.
     tile_size: static tile size ``T`` (a speed knob; results do not depend
       on it).
+    pixel_offset: static; ``1.0`` (default) is the seed's inclusive-pixel IoU
+      above; ``0.0`` is torchvision's ``box_iou`` / ``nms`` (``w = x2 - x1``,
+      no +1), for boxes in torchvision's convention (the FPN models).
 
   Returns:
     ``(indices [max_output] int32, valid [max_output] bool)``: input indices
@@ -268,11 +281,12 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
   scores = jnp.asarray(scores)
   present = jnp.ones(scores.shape, bool)
   return _nms_impl(jnp.asarray(boxes), scores, present, None, iou_threshold,
-                   max_output, tile_size)
+                   max_output, tile_size, float(pixel_offset))
 
 
 def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
-                max_detections: int, score_threshold=0.0):
+                max_detections: int, score_threshold=0.0, *,
+                pixel_offset: float = 1.0):
   """Per-class greedy NMS, then the best ``max_detections`` over all classes.
 
   The seed's ``test_net`` post-processing for one image: for each class row
@@ -304,6 +318,9 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
     iou_threshold: per-class NMS threshold (Python float or traced scalar).
     max_detections: static output size ``D``.
     score_threshold: entries with ``score <= score_threshold`` are dropped.
+    pixel_offset: static; 1.0 = inclusive-pixel IoU (the seed), 0.0 =
+      torchvision's IoU (its ``batched_nms``; the FPN models use it with the
+      FPN level or the class as the category).
 
   Returns:
     ``(boxes [D, 4], scores [D], classes [D] int32 (row in K), indices [D]
@@ -328,7 +345,8 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
   present = flat_scores > jnp.asarray(score_threshold, jnp.float32)
   labels = jnp.repeat(jnp.arange(k, dtype=jnp.int32), n)
   flat_idx, valid = _nms_impl(flat_boxes, flat_scores, present, labels,
-                              iou_threshold, max_detections, TILE)
+                              iou_threshold, max_detections, TILE,
+                              float(pixel_offset))
   safe = jnp.maximum(flat_idx, 0)
   out_boxes = jnp.where(valid[:, None], flat_boxes[safe], 0.0)
   out_scores = jnp.where(valid, flat_scores[safe], 0.0)

@@ -58,10 +58,21 @@ Mosaic GPU, whose ``pallas_call`` entry point is deprecated), on TPU with
 Mosaic (both grid axes ``parallel``). The threshold enters as a ``(1, 1)``
 array, so no scalar memory space is needed.
 
+Platform choice. Unless a ``backend`` is pinned, the kernel follows the
+platform the program is *lowered* for, not the host's default backend: each
+``pallas_call`` is staged as ``lax.platform_dependent`` with a Triton branch
+(``cuda``, ``rocm``), a Mosaic branch (``tpu``) and an interpret-mode branch
+(any other platform), and lowering keeps only the branch of its platform.
+So a train step traced on a CPU host and lowered with
+``lowering_platforms=('cuda',)`` holds the Triton kernel, and the same traced
+program run on the CPU interprets it. :func:`auto_nms` (``select_nms('auto')``)
+does the same between this kernel (GPU/TPU) and :func:`ops.nms.nms` (CPU).
+
 Verified on this CPU-only machine: the outputs in ``interpret=True`` mode
-(tests/test_pallas_nms.py, against :func:`ops.nms.nms` and a numpy
-``nms_cpu``), and that the jitted function *lowers* for ``cuda`` (Triton)
-and ``tpu`` (Mosaic) via ``jax.export``. Not verified: compilation by the
+(tests/ops/test_pallas_nms.py, against :func:`ops.nms.nms` and a numpy
+``nms_cpu``), and that the jitted function, and the whole R50-C4 train step
+and predict that use it, *lower* for ``cuda`` (Triton) and ``tpu`` (Mosaic)
+(tests/test_lowering.py). Not verified: compilation by the
 Triton / Mosaic compilers and execution on a device. One caveat there: GPU
 compilers may fuse ``area_i + area_j - iw * ih`` into an FMA or use an
 approximate division, which can flip a decision only when an IoU is within
@@ -162,35 +173,10 @@ def _compiler_params(platform: str):
   return None
 
 
-def suppression_mask(rows: jnp.ndarray, cols: jnp.ndarray, threshold, *,
-                     interpret: bool = False,
-                     platform: str | None = None) -> jnp.ndarray:
-  """Packed suppression bitmask of sorted rows against sorted columns.
-
-  Rows and columns are two windows of one sorted list that start at the same
-  sorted position: row ``r`` and column ``c`` are positions ``s + r`` and
-  ``s + c``, so only ``c > r`` can be suppressed by ``r``.
-
-  Args:
-    rows: ``[4, R]`` float32 coordinate-major boxes ``(x1, y1, x2, y2)``
-      (inclusive pixels), ``R`` a multiple of ``ROW_TILE``. Must be finite.
-    cols: ``[C, 4]`` float32 boxes, ``C`` a multiple of ``COL_TILE``.
-    threshold: scalar float32, suppression when ``IoU > threshold``.
-    interpret: run the kernel in Pallas interpret mode (any platform).
-    platform: picks the compiler parameters (Triton on GPU, Mosaic on TPU);
-      None means ``jax.default_backend()``.
-
-  Returns:
-    ``[C // 32, R]`` int32: bit ``b`` of ``mask[w, r]`` is set when row ``r``
-    suppresses column ``32 w + b`` and ``32 w + b > r``.
-  """
+def _mask_call(rows, cols, thr, *, interpret: bool, platform: str | None):
+  """One ``pallas_call`` of :func:`_mask_kernel` (shapes checked by caller)."""
   r = rows.shape[1]
   c = cols.shape[0]
-  if r % ROW_TILE or c % COL_TILE:
-    raise ValueError(f"rows {r} / cols {c} not multiples of "
-                     f"{ROW_TILE} / {COL_TILE}")
-  platform = platform or jax.default_backend()
-  thr = jnp.asarray(threshold, jnp.float32).reshape(1, 1)
   return pl.pallas_call(
       _mask_kernel,
       out_shape=jax.ShapeDtypeStruct((c // 32, r), jnp.int32),
@@ -204,7 +190,62 @@ def suppression_mask(rows: jnp.ndarray, cols: jnp.ndarray, threshold, *,
       interpret=interpret,
       compiler_params=None if interpret else _compiler_params(platform),
       name="nms_suppression_mask",
-  )(thr, rows.astype(jnp.float32), cols.astype(jnp.float32))
+  )(thr, rows, cols)
+
+
+def suppression_mask(rows: jnp.ndarray, cols: jnp.ndarray, threshold, *,
+                     interpret: bool | None = False,
+                     platform: str | None = None) -> jnp.ndarray:
+  """Packed suppression bitmask of sorted rows against sorted columns.
+
+  Rows and columns are two windows of one sorted list that start at the same
+  sorted position: row ``r`` and column ``c`` are positions ``s + r`` and
+  ``s + c``, so only ``c > r`` can be suppressed by ``r``.
+
+  Args:
+    rows: ``[4, R]`` float32 coordinate-major boxes ``(x1, y1, x2, y2)``
+      (inclusive pixels), ``R`` a multiple of ``ROW_TILE``. Must be finite.
+    cols: ``[C, 4]`` float32 boxes, ``C`` a multiple of ``COL_TILE``.
+    threshold: scalar float32, suppression when ``IoU > threshold``.
+    interpret: True: Pallas interpret mode on every platform. False: the
+      compiled kernel (lowering for the CPU then fails: Pallas has no CPU
+      compiler). None: the compiled kernel on GPU/TPU, interpret mode on any
+      other platform.
+    platform: pins the kernel to one platform (``'cuda'``/``'rocm'``/
+      ``'gpu'``: Triton, ``'tpu'``: Mosaic, anything else: interpret mode
+      when ``interpret`` is None). None: the kernel follows the platform the
+      program is *lowered* for (``lax.platform_dependent``): the traced
+      program holds one branch per platform and lowering keeps only the
+      branch of its platform, so ``jax.jit(f).lower(lowering_platforms=
+      ('cuda',))`` on a CPU host gets the Triton kernel, and the same traced
+      ``f`` run on the CPU gets interpret mode.
+
+  Returns:
+    ``[C // 32, R]`` int32: bit ``b`` of ``mask[w, r]`` is set when row ``r``
+    suppresses column ``32 w + b`` and ``32 w + b > r``.
+  """
+  r = rows.shape[1]
+  c = cols.shape[0]
+  if r % ROW_TILE or c % COL_TILE:
+    raise ValueError(f"rows {r} / cols {c} not multiples of "
+                     f"{ROW_TILE} / {COL_TILE}")
+  thr = jnp.asarray(threshold, jnp.float32).reshape(1, 1)
+  rows = rows.astype(jnp.float32)
+  cols = cols.astype(jnp.float32)
+  if interpret:
+    return _mask_call(rows, cols, thr, interpret=True, platform=None)
+  if platform is not None:
+    platform = platform.lower()
+    on_device = platform in _DEVICE_PLATFORMS
+    return _mask_call(rows, cols, thr,
+                      interpret=interpret is None and not on_device,
+                      platform=platform)
+  triton = functools.partial(_mask_call, interpret=False, platform="cuda")
+  mosaic = functools.partial(_mask_call, interpret=False, platform="tpu")
+  other = functools.partial(_mask_call, interpret=interpret is None,
+                            platform=None)
+  return lax.platform_dependent(rows, cols, thr, cuda=triton, rocm=triton,
+                                tpu=mosaic, default=other)
 
 
 # ----------------------------------------------------------------------------
@@ -307,12 +348,14 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
     scores: ``[N]`` float32.
     iou_threshold: suppression threshold (``IoU > threshold`` suppresses).
     max_output: static number of output slots.
-    backend: platform the kernel is compiled for (``'gpu'``/``'cuda'``/
-      ``'rocm'``: Triton, ``'tpu'``: Mosaic, ``'cpu'``); None means
-      ``jax.default_backend()``.
-    interpret: run the kernel in Pallas interpret mode; None means "only on
-      CPU" (the only way Pallas runs there; for tests; ``False`` on CPU
-      raises at lowering).
+    backend: pins the platform the kernel is compiled for (``'gpu'``/
+      ``'cuda'``/``'rocm'``: Triton, ``'tpu'``: Mosaic, ``'cpu'``); None
+      (default): the platform the program is lowered for, chosen at lowering
+      time (see :func:`suppression_mask`), so one traced program gets Triton
+      on GPU, Mosaic on TPU and interpret mode on CPU.
+    interpret: run the kernel in Pallas interpret mode; None means "only off
+      GPU/TPU" (the only way Pallas runs on a CPU; for tests; ``False``
+      makes lowering for the CPU fail).
     block_rows: static rows per mask block, a positive multiple of 256 (a
       memory/early-stop knob; results do not depend on it).
 
@@ -325,9 +368,7 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
   if block_rows <= 0 or block_rows % ALIGN:
     raise ValueError(f"block_rows must be a positive multiple of {ALIGN}, "
                      f"got {block_rows}")
-  platform = (backend or jax.default_backend()).lower()
-  if interpret is None:
-    interpret = platform not in _DEVICE_PLATFORMS
+  platform = backend.lower() if backend else None
   scores = jnp.asarray(scores)
   boxes = jnp.asarray(boxes)
   n = scores.shape[0]
@@ -365,6 +406,24 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
           jnp.pad(valid, (0, pad), constant_values=False))
 
 
+def auto_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
+             max_output: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """:func:`nms` on GPU/TPU, :func:`ops.nms.nms` elsewhere, chosen at lowering.
+
+  Both branches are traced (``lax.platform_dependent``); lowering keeps the
+  one of the platform it lowers for. Same contract and outputs as
+  :func:`ops.nms.nms`.
+  """
+  def device(b, s):
+    return nms(b, s, iou_threshold, max_output)
+
+  def host(b, s):
+    return nms_lib.nms(b, s, iou_threshold, max_output)
+
+  return lax.platform_dependent(boxes, scores, cuda=device, rocm=device,
+                                tpu=device, default=host)
+
+
 def select_nms(choice: str = "auto", platform: str | None = None) -> NmsFn:
   """The NMS implementation for a config value and platform.
 
@@ -374,7 +433,11 @@ def select_nms(choice: str = "auto", platform: str | None = None) -> NmsFn:
       module's kernel; interpret mode on CPU, which is slow and meant for
       testing). A platform name (``'cpu'``, ``'gpu'``, ``'cuda'``, ``'rocm'``,
       ``'tpu'``) is accepted too and means ``'auto'`` on that platform.
-    platform: target platform; None means ``jax.default_backend()``.
+    platform: pins the target platform. None (default): the choice between
+      platforms is made when the program is lowered, for the platform it is
+      lowered for (:func:`auto_nms`; :func:`nms` with ``backend=None``), not
+      from the host's default backend: a train step traced on a CPU host and
+      lowered with ``lowering_platforms=('cuda',)`` gets the Triton kernel.
 
   Returns:
     A function ``(boxes [N, 4], scores [N], iou_threshold, max_output) ->
@@ -384,12 +447,15 @@ def select_nms(choice: str = "auto", platform: str | None = None) -> NmsFn:
   choice = choice.lower()
   if choice in _DEVICE_PLATFORMS + ("cpu",):
     choice, platform = "auto", choice
-  platform = (platform or jax.default_backend()).lower()
+  platform = platform.lower() if platform else None
   if choice == "jnp":
     return nms_lib.nms
   if choice == "pallas":
-    return functools.partial(nms, backend=platform)
+    return nms if platform is None else functools.partial(
+        nms, backend=platform)
   if choice == "auto":
+    if platform is None:
+      return auto_nms
     if platform in _DEVICE_PLATFORMS:
       return functools.partial(nms, backend=platform)
     return nms_lib.nms
@@ -398,5 +464,6 @@ def select_nms(choice: str = "auto", platform: str | None = None) -> NmsFn:
 
 
 def nms_for_backend(platform: str | None = None) -> NmsFn:
-  """``select_nms('auto', platform)``: Pallas on GPU/TPU, jnp on CPU."""
+  """``select_nms('auto', platform)``: Pallas on GPU/TPU, jnp elsewhere
+  (None: decided at lowering, :func:`auto_nms`)."""
   return select_nms("auto", platform)

@@ -186,7 +186,7 @@ def _fold_vmap(axis_size, f_batched, r_batched, features, rois):
     rois = rois.reshape((s * n_img,) + rois.shape[2:])
     return features, rois, lambda o: o.reshape((s, n_img) + o.shape[1:])
   n_img, n = rois.shape[1], rois.shape[2]
-  rois = jnp.swapaxes(rois, 0, 1).reshape(n_img, s * n, 4)
+  rois = jnp.swapaxes(rois, 0, 1).reshape(n_img, s * n, rois.shape[-1])
 
   def unfold(o):
     o = o.reshape((n_img, s, n) + o.shape[2:])
@@ -237,7 +237,7 @@ def _backward_core(bwd_jit):
 # RoIAlign
 # --------------------------------------------------------------------------
 
-def _axis_samples(start, bin_size, grid, grid_max, n_out, size):
+def _axis_samples(start, bin_size, grid, grid_max, n_out, size, map_size):
   """Bilinear sample taps along one axis (torchvision's rules).
 
   Args:
@@ -245,7 +245,9 @@ def _axis_samples(start, bin_size, grid, grid_max, n_out, size):
     grid: [N] int32 number of samples per bin (already capped at grid_max).
     grid_max: static bound on `grid`.
     n_out: output bins on this axis.
-    size: feature map size on this axis.
+    size: [N] float32 size of the map the RoI is sampled from on this axis
+      (its image's own extent, <= map_size).
+    map_size: static size of the feature array on this axis.
 
   Returns:
     dict with lo, hi [N,n_out,G] int32 (taps), wlo, whi [N,n_out,G] float32
@@ -258,20 +260,23 @@ def _axis_samples(start, bin_size, grid, grid_max, n_out, size):
   k = jnp.arange(grid_max, dtype=f32)[None, None, :]
   gf = jnp.maximum(grid, 1).astype(f32)[:, None, None]
   b = bin_size[:, None, None]
+  size_f = size.astype(f32)[:, None, None]
+  last_row = size.astype(jnp.int32)[:, None, None] - 1
   # Same evaluation order as torchvision: start + i*bin + (k+.5)*bin/grid.
   pos = (start[:, None, None] + i * b) + _div((k + 0.5) * b, gf)
-  valid = (k < grid[:, None, None].astype(f32)) & (pos >= -1.0) & (pos <= size)
-  p = jnp.clip(pos, 0.0, size - 1.0)
+  valid = ((k < grid[:, None, None].astype(f32)) & (pos >= -1.0) &
+           (pos <= size_f))
+  p = jnp.clip(pos, 0.0, size_f - 1.0)
   p = jnp.where(valid, p, 0.0)
   lo = jnp.floor(p).astype(jnp.int32)
-  last = lo >= size - 1
-  lo = jnp.where(last, size - 1, lo)
-  hi = jnp.where(last, size - 1, lo + 1)
+  last = lo >= last_row
+  lo = jnp.where(last, last_row, lo)
+  hi = jnp.where(last, last_row, lo + 1)
   frac = jnp.where(last, 0.0, p - lo.astype(f32))
   wlo = jnp.where(valid, (1.0 - frac) / gf, 0.0)
   whi = jnp.where(valid, frac / gf, 0.0)
 
-  big = jnp.int32(size)
+  big = jnp.int32(map_size)
   lo_m = jnp.where(valid, lo, big)
   hi_m = jnp.where(valid, hi, -1)
   any_bin = valid.any(-1)
@@ -294,10 +299,15 @@ def _local_weights(s, base, k):
 
 
 def _align_geometry(rois, cfg):
-  """Sample taps of every RoI on both axes. rois [N,4] -> (sy, sx)."""
+  """Sample taps of every RoI on both axes. rois [N,6] -> (sy, sx).
+
+  Columns 4 and 5 are the (height, width) of the map each RoI is sampled
+  from (its image's extent on the canvas; the whole map by default).
+  """
   (h, w, oh, ow, scale, sr, aligned, gh_max, gw_max, _) = cfg
   f32 = jnp.float32
   rois = rois.astype(f32)
+  vh, vw = rois[:, 4], rois[:, 5]
   offset = 0.5 if aligned else 0.0
   sc = f32(scale)
   x1 = rois[:, 0] * sc - offset
@@ -324,8 +334,8 @@ def _align_geometry(rois, cfg):
     # ceil(roi / out) capped at the static bound; <= 0 means an empty grid.
     gh = jnp.where(ok, jnp.clip(jnp.ceil(bh), 0.0, gh_max), 0.0).astype(jnp.int32)
     gw = jnp.where(ok, jnp.clip(jnp.ceil(bw), 0.0, gw_max), 0.0).astype(jnp.int32)
-  sy = _axis_samples(y1, bh, gh, gh_max, oh, h)
-  sx = _axis_samples(x1, bw, gw, gw_max, ow, w)
+  sy = _axis_samples(y1, bh, gh, gh_max, oh, vh, h)
+  sx = _axis_samples(x1, bw, gw, gw_max, ow, vw, w)
   return sy, sx
 
 
@@ -378,7 +388,8 @@ def _align_forward(features, rois, cfg):
   cdt = jnp.promote_types(features.dtype, jnp.float32)
   if n == 0:
     return jnp.zeros((n_img, 0, oh, ow, c), cdt)
-  sy, sx = _per_roi(_align_geometry(rois.reshape(-1, 4), cfg), n_img)
+  sy, sx = _per_roi(_align_geometry(rois.reshape(-1, rois.shape[-1]), cfg),
+                    n_img)
   tiers = _align_tiers(cfg)
   tier = _assign_tiers(sy, sx, tiers)
   orig = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n_img, n))
@@ -432,7 +443,8 @@ def _align_backward(rois, g, cfg):
   cdt = jnp.promote_types(g.dtype, jnp.float32)
   if n == 0:
     return jnp.zeros((n_img, h, w, c), cdt)
-  sy, sx = _per_roi(_align_geometry(rois.reshape(-1, 4), cfg), n_img)
+  sy, sx = _per_roi(_align_geometry(rois.reshape(-1, rois.shape[-1]), cfg),
+                    n_img)
   tiers = _align_tiers(cfg)
   tier = _assign_tiers(sy, sx, tiers)
   orig = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n_img, n))
@@ -512,7 +524,7 @@ def roi_align(features: jax.Array,
               aligned: bool = False,
               *,
               max_sampling_grid: int | Sequence[int] | None = None,
-              chunk_size: int = 8) -> jax.Array:
+              chunk_size: int = 8, valid_size=None) -> jax.Array:
   """RoIAlign: bilinear average pooling of RoIs, torchvision's CPU semantics.
 
   Args:
@@ -533,6 +545,10 @@ def roi_align(features: jax.Array,
       `bound` (a coarser average over the same bin). The default adds no run
       time; a larger bound only makes huge RoIs slower (wider bin windows).
     chunk_size: RoIs per inner step (speed only).
+    valid_size: (h, w) ints or an int array [2] (may be traced): sample as
+      from the top-left h x w of `features` (an image's own feature map on a
+      larger canvas, the seed's layer on that image alone): the rules below
+      use h and w instead of H and W. Default (H, W).
 
   Returns:
     [R, oh, ow, C] in features' dtype (accumulated in float32; float64
@@ -580,7 +596,13 @@ def roi_align(features: jax.Array,
     raise ValueError("output_size, max_sampling_grid and chunk_size must be >= 1")
   cfg = (h, w, oh, ow, float(spatial_scale), sr, bool(aligned), gh_max, gw_max,
          int(chunk_size))
-  out = _align_op(cfg)(features[None], lax.stop_gradient(rois)[None])[0]
+  if valid_size is None:
+    valid_size = (h, w)
+  size = jnp.broadcast_to(jnp.asarray(valid_size, jnp.float32).reshape(2),
+                          (rois.shape[0], 2))
+  rois6 = jnp.concatenate([lax.stop_gradient(rois).astype(jnp.float32),
+                           size], axis=-1)
+  out = _align_op(cfg)(features[None], rois6[None])[0]
   return out.astype(features.dtype)
 
 

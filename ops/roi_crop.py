@@ -151,7 +151,8 @@ def crop_grid(rois: jnp.ndarray, height: int, width: int,
     operations). Sample ``(i, j)`` of RoI ``r`` is ``(ys[r, i], xs[r, j])``.
   """
   gh, gw = _pair(grid_size)
-  if height < 2 or width < 2:
+  if isinstance(height, int) and isinstance(width, int) and (
+      height < 2 or width < 2):
     raise ValueError(f"feature map must be at least 2 x 2, got "
                      f"{height} x {width}")
   rois = lax.stop_gradient(jnp.asarray(rois, jnp.float32))
@@ -159,11 +160,12 @@ def crop_grid(rois: jnp.ndarray, height: int, width: int,
   x1, y1, x2, y2 = (rois[:, k] * s for k in range(4))
 
   def axis(lo, hi, size, n):
-    m1 = jnp.float32(size - 1)
+    size = jnp.asarray(size, jnp.float32)
+    m1 = size - 1.0
     a = _div(hi - lo, m1)                                 # theta00 / theta11
     # (lo + hi - size) + 1 rounded twice, as the seed; the barrier stops XLA
     # from folding the two constants into one.
-    b = _div(lax.optimization_barrier(lo + hi - jnp.float32(size)) + 1.0,
+    b = _div(lax.optimization_barrier(lo + hi - size) + 1.0,
              m1)                                          # theta02 / theta12
     # theta @ (x_n, y_n, 1) (theta01 = theta10 = 0).
     g = a[:, None] * jnp.asarray(_linspace(n))[None, :] + b[:, None]
@@ -172,22 +174,23 @@ def crop_grid(rois: jnp.ndarray, height: int, width: int,
   return axis(y1, y2, height, gh), axis(x1, x2, width, gw)
 
 
-def _taps(coord, size):
+def _taps(coord, size, map_size: int):
   """Corner indices (clamped) and weights (0 outside) along one axis.
 
   coord [R, n] -> (i0, i1 [R, n] int32, w0, w1 [R, n] float32): the kernel's
   ``point = floor(coord)``, ``weight = 1 - (coord - point)`` for ``point``
   and ``1 - weight`` for ``point + 1``, each zeroed when its index is outside
-  ``[0, size - 1]`` (or the coordinate is not finite).
+  ``[0, size - 1]`` (or the coordinate is not finite). ``size`` is the map's
+  valid size (may be traced), ``map_size`` its static size (index bound).
   """
   p = jnp.floor(coord)
   w0 = 1.0 - (coord - p)
   w1 = 1.0 - w0
   in0 = (p >= 0) & (p <= size - 1)
   in1 = (p + 1 >= 0) & (p + 1 <= size - 1)
-  pc = jnp.clip(jnp.nan_to_num(p, nan=-2.0), -2.0, float(size))
-  i0 = jnp.clip(pc, 0, size - 1).astype(jnp.int32)
-  i1 = jnp.clip(pc + 1, 0, size - 1).astype(jnp.int32)
+  pc = jnp.clip(jnp.nan_to_num(p, nan=-2.0), -2.0, float(map_size))
+  i0 = jnp.clip(pc, 0, map_size - 1).astype(jnp.int32)
+  i1 = jnp.clip(pc + 1, 0, map_size - 1).astype(jnp.int32)
   return i0, i1, jnp.where(in0, w0, 0.0), jnp.where(in1, w1, 0.0)
 
 
@@ -210,7 +213,7 @@ def _max_pool_2x2(x):
 
 def roi_crop(features: jnp.ndarray, rois: jnp.ndarray, output_size=7,
              spatial_scale: float = 1.0 / 16.0,
-             max_pool: bool = True) -> jnp.ndarray:
+             max_pool: bool = True, *, valid_size=None) -> jnp.ndarray:
   """Crops and resizes each RoI as the seed's ``POOLING_MODE = 'crop'``.
 
   Bilinear sampling (zeros outside the map) on the seed's affine grid of
@@ -228,6 +231,10 @@ def roi_crop(features: jnp.ndarray, rois: jnp.ndarray, output_size=7,
       whose ``_affine_grid_gen`` hard-codes ``/ 16.0``).
     max_pool: sample ``2 * output_size`` points and max-pool 2 x 2 (the
       seed's default) or sample ``output_size`` points.
+    valid_size: ``(h, w)`` ints or an int array ``[2]`` (may be traced): the
+      map is the top-left ``h x w`` of ``features`` (an image's own feature
+      map on a larger canvas): the grid and the zero-outside rule use it, as
+      the seed does on that image alone. Default ``(H, W)``.
 
   Returns:
     ``[R, oh, ow, C]`` in the dtype of ``features``; differentiable w.r.t.
@@ -236,9 +243,10 @@ def roi_crop(features: jnp.ndarray, rois: jnp.ndarray, output_size=7,
   h, w, c = features.shape
   oh, ow = _pair(output_size)
   gh, gw = (2 * oh, 2 * ow) if max_pool else (oh, ow)
-  ys, xs = crop_grid(rois, h, w, (gh, gw), spatial_scale)
-  y0, y1, wy0, wy1 = _taps(ys, h)                         # [R, gh]
-  x0, x1, wx0, wx1 = _taps(xs, w)                         # [R, gw]
+  vh, vw = (h, w) if valid_size is None else (valid_size[0], valid_size[1])
+  ys, xs = crop_grid(rois, vh, vw, (gh, gw), spatial_scale)
+  y0, y1, wy0, wy1 = _taps(ys, vh, h)                     # [R, gh]
+  x0, x1, wx0, wx1 = _taps(xs, vw, w)                     # [R, gw]
   flat = features.reshape(h * w, c)
   dt = features.dtype
 

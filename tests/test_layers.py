@@ -22,17 +22,21 @@ FLOORS = [
     ("ops", "pure jax.numpy ops"),
     ("frcnn_jax.compiler_options frcnn_jax.metrics frcnn_jax.vis "
      "frcnn_jax.metric_writers frcnn_jax.run_lock frcnn_jax.parallel "
-     "frcnn_jax.console frcnn_jax.analysis",
+     "frcnn_jax.console frcnn_jax.analysis frcnn_jax.paths frcnn_jax.siblings",
      "leaves"),
     ("frcnn_jax.data", "data: records, readers, transforms, loaders"),
     ("frcnn_jax.modeling", "the detector's stages"),
     ("frcnn_jax.checkpoints frcnn_jax.optimizer",
      "checkpoint layout, optimizer"),
     ("frcnn_jax.weights", "pretrained weights"),
-    ("frcnn_jax.eval_lib", "inference over datasets, metrics"),
+    ("frcnn_jax.eval_lib frcnn_jax.exported frcnn_jax.detections",
+     "inference over datasets, metrics; exported models"),
     ("frcnn_jax.demo_lib frcnn_jax.train_lib", "demo, training"),
-    ("frcnn_jax.config_lib frcnn_jax.cli", "config checks, command lines"),
-    ("train eval demo configs frcnn_jax.weights.__main__ frcnn_jax.browse",
+    ("frcnn_jax.config_lib frcnn_jax.cli frcnn_jax.inference "
+     "frcnn_jax.exporting",
+     "configs, command lines, the Python API, export"),
+    ("train eval demo configs frcnn_jax.weights.__main__ frcnn_jax.train "
+     "frcnn_jax.eval frcnn_jax.demo frcnn_jax.export frcnn_jax.browse",
      "entry points"),
 ]
 FLOOR_OF = {prefix: i for i, (names, _) in enumerate(FLOORS)
@@ -43,7 +47,11 @@ ROOTS = {"frcnn_jax": len(FLOORS) - 1}
 # anything that only training needs.
 TRAINING = ("frcnn_jax.train_lib", "frcnn_jax.optimizer")
 INFERENCE = ("frcnn_jax.eval_lib", "frcnn_jax.demo_lib", "frcnn_jax.modeling",
-             "frcnn_jax.data", "frcnn_jax.checkpoints", "frcnn_jax.weights")
+             "frcnn_jax.data", "frcnn_jax.checkpoints", "frcnn_jax.weights",
+             "frcnn_jax.inference", "frcnn_jax.exporting",
+             "frcnn_jax.exported", "frcnn_jax.export", "frcnn_jax.eval",
+             "frcnn_jax.demo", "frcnn_jax.config_lib",
+             "frcnn_jax.detections")
 PROJECT_ROOTS = ("ops", "frcnn_jax", "configs", "train", "eval", "demo")
 
 

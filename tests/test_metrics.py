@@ -139,7 +139,8 @@ def test_detections_to_coco_bbox_is_inverse_of_gt_reading():
 # ---------------------------------------------------------------------------
 
 
-def test_coco_perfect_detections_give_ap_1():
+@pytest.mark.parametrize("evaluator", M.COCO_EVALUATORS)
+def test_coco_perfect_detections_give_ap_1(evaluator):
   anns = [(1, 1, [10, 10, 20, 20]),        # small (400 < 32^2)
           (1, 2, [50, 50, 60, 60]),        # medium
           (2, 1, [0, 0, 120, 110]),        # large
@@ -160,7 +161,7 @@ def test_coco_perfect_detections_give_ap_1():
     slot[im] += 1
   res = M.detections_to_coco([1, 2, 3], boxes, np.full((B, D), 0.9), classes,
                              valid, cid)
-  m = M.coco_evaluate(gt, res)
+  m = M.coco_evaluate(gt, res, evaluator=evaluator)
   for k in M.COCO_METRIC_NAMES:
     assert m[k] == pytest.approx(1.0), k
   assert m["per_class_AP"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(1.0)}
@@ -168,7 +169,8 @@ def test_coco_perfect_detections_give_ap_1():
   assert "AP50" in table and "dog" in table and "1.000" in table
 
 
-def test_coco_known_ap_by_hand():
+@pytest.mark.parametrize("evaluator", M.COCO_EVALUATORS)
+def test_coco_known_ap_by_hand(evaluator):
   """3 gt of one class (medium, one per image); ranked detections TP, FP, TP.
 
   By hand: recall after each = 1/3, 1/3, 2/3; precision 1, 1/2, 2/3;
@@ -187,7 +189,7 @@ def test_coco_known_ap_by_hand():
       {"image_id": 2, "category_id": 1, "bbox": gboxes[2], "score": 0.7},
   ]
   before = json.dumps(results)
-  m = M.coco_evaluate(gt, results)
+  m = M.coco_evaluate(gt, results, evaluator=evaluator)
   assert json.dumps(results) == before      # input not modified by loadRes
   expected = 56 / 101
   for k in ("AP", "AP50", "AP75", "APm"):
@@ -236,36 +238,105 @@ def test_coco_summary_is_pycocotools_verbatim(capsys):
   assert first.split() == ["AP", f"{m['AP']:.3f}"]
 
 
-def test_coco_image_ids_subset_and_class_names():
+@pytest.mark.parametrize("evaluator", M.COCO_EVALUATORS)
+def test_coco_image_ids_subset_and_class_names(evaluator):
   gboxes = {1: [10, 10, 50, 50], 2: [60, 60, 40, 50]}
   gt = make_coco_gt([1, 2], [(1, 3, gboxes[1]), (2, 3, gboxes[2])], [(3, "a")])
   results = [{"image_id": 1, "category_id": 3, "bbox": gboxes[1], "score": 0.5}]
   # All images: half the objects found -> AP 51/101 (recall points 0..0.5).
-  assert M.coco_evaluate(gt, results)["AP"] == pytest.approx(51 / 101)
+  assert M.coco_evaluate(gt, results, evaluator=evaluator)["AP"] == (
+      pytest.approx(51 / 101))
   # Only image 1: everything found.
   m = M.coco_evaluate(gt, results, image_ids=[1],
-                      class_names=["__background__", "first"])
+                      class_names=["__background__", "first"],
+                      evaluator=evaluator)
   assert m["AP"] == pytest.approx(1.0)
   assert list(m["per_class_AP"]) == ["first"]
-  m = M.coco_evaluate(gt, results, class_names={3: "x"})
+  m = M.coco_evaluate(gt, results, class_names={3: "x"}, evaluator=evaluator)
   assert list(m["per_class_AP"]) == ["x"]
   with pytest.raises(ValueError, match="class_names"):
-    M.coco_evaluate(gt, results, class_names=["a", "b", "c"])
+    M.coco_evaluate(gt, results, class_names=["a", "b", "c"],
+                    evaluator=evaluator)
 
 
-def test_coco_empty_results_do_not_crash():
+@pytest.mark.parametrize("evaluator", M.COCO_EVALUATORS)
+def test_coco_empty_results_do_not_crash(evaluator):
   gt = make_coco_gt([1, 2], [(1, 1, [10, 10, 50, 50])], [(1, "a"), (2, "b")])
-  m = M.coco_evaluate(gt, [])
+  m = M.coco_evaluate(gt, [], evaluator=evaluator)
   assert m["AP"] == 0.0 and m["AP50"] == 0.0 and m["AR100"] == 0.0
   assert m["per_class_AP"] == {"a": 0.0, "b": -1.0}
   assert isinstance(M.format_coco_table(m), str)
 
 
-def test_coco_unknown_image_raises():
+@pytest.mark.parametrize("evaluator", M.COCO_EVALUATORS)
+def test_coco_unknown_image_raises(evaluator):
   gt = make_coco_gt([1], [(1, 1, [10, 10, 50, 50])], [(1, "a")])
   with pytest.raises(ValueError, match="not in the ground truth"):
     M.coco_evaluate(gt, [{"image_id": 99, "category_id": 1,
-                          "bbox": [0, 0, 5, 5], "score": 1.0}])
+                          "bbox": [0, 0, 5, 5], "score": 1.0}],
+                    evaluator=evaluator)
+
+
+def _both_evaluators(gt, dets):
+  """(pycocotools COCOeval, faster-coco-eval COCOeval_faster), evaluated."""
+  import contextlib
+  import io
+  from faster_coco_eval import COCOeval_faster
+  from pycocotools.cocoeval import COCOeval
+  out = []
+  for cls, kw in ((COCOeval, {}),
+                  (COCOeval_faster, {"print_function": lambda *a: None})):
+    with contextlib.redirect_stdout(io.StringIO()):
+      e = cls(gt, gt.loadRes([dict(d) for d in dets]), "bbox", **kw)
+      e.evaluate(), e.accumulate(), e.summarize()
+    out.append(e)
+  return out
+
+
+def _coco_like_gt(tmp_path, n):
+  from frcnn_jax.data import testing
+  path = str(tmp_path / "gt.json")
+  testing.write_coco_like(path, n, 7 * n, seed=5)
+  gt = COCO()
+  gt.dataset = json.load(open(path))
+  gt.createIndex()
+  return gt
+
+
+def _shapes_gt(tmp_path):
+  from frcnn_jax.data import build_source
+  from frcnn_jax.data import testing
+  cfg = testing.tiny_data_config(str(tmp_path / "shapes"))
+  return build_source(cfg, cfg.val_split).coco_gt()
+
+
+@pytest.mark.parametrize("dataset", ["shapes", "coco_like"])
+def test_faster_coco_eval_matches_pycocotools(tmp_path, dataset):
+  """The 12 numbers agree to ~1e-16; the precision arrays are equal except
+  where pycocotools has 1 / (1 + eps) (its eps-guarded division after a
+  first detection that is a true positive) and faster-coco-eval 1.0."""
+  from frcnn_jax.data import testing
+  gt = (_shapes_gt(tmp_path) if dataset == "shapes"
+        else _coco_like_gt(tmp_path, 60))
+  dets = testing.coco_like_detections(gt.dataset, 40, seed=6)
+  ref, fast = _both_evaluators(gt, dets)
+  np.testing.assert_allclose(fast.stats[:12], ref.stats, rtol=0, atol=1e-15)
+  p_ref, p_fast = ref.eval["precision"], fast.eval["precision"]
+  assert p_ref.shape == p_fast.shape
+  differ = p_ref != p_fast
+  one_over_one_plus_eps = 1 / (1 + np.spacing(1))
+  assert (p_ref[differ] == one_over_one_plus_eps).all()
+  assert (p_fast[differ] == 1.0).all()
+  np.testing.assert_array_equal(ref.eval["recall"], fast.eval["recall"])
+  # Through coco_evaluate, per-class numbers too.
+  a = M.coco_evaluate(gt, dets)
+  b = M.coco_evaluate(gt, dets, evaluator="faster_coco_eval")
+  for k in M.COCO_METRIC_NAMES:
+    assert abs(a[k] - b[k]) <= 1e-15, k
+  for name, ap in a["per_class_AP"].items():
+    assert abs(ap - b["per_class_AP"][name]) <= 1e-15, name
+  with pytest.raises(ValueError, match="evaluator"):
+    M.coco_evaluate(gt, dets, evaluator="detectron2")
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,8 @@ Conversion, once, here: ``[x, y, w, h]`` -> inclusive-pixel
 evaluation writes, so a perfect detection has IoU 1 with its ground truth.
 Categories sorted by id become contiguous classes ``1..K-1``.
 ``iscrowd`` boxes are kept out of the training targets (counted as
-``box_crowd``) and stay in ``coco_gt()`` (the json as-is) for ``COCOeval``.
+``box_crowd``) and stay in ``coco_gt()`` (the file's ground truth, read once,
+``coco_gt.py``) for ``COCOeval``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ import json
 import logging
 import numbers
 import os
+from typing import Any
 
 import numpy as np
 
+from frcnn_jax.data import coco_gt as coco_gt_lib
 from frcnn_jax.data import images as images_lib
+from frcnn_jax.data import json_columns
 from frcnn_jax.data import records as records_lib
+from frcnn_jax.data.json_columns import Columns
+from frcnn_jax.data.json_columns import columns_of
+from frcnn_jax.data.json_columns import MISSING
+from frcnn_jax.data.json_columns import NotAnObject
 from frcnn_jax.data.records import DataError
 from frcnn_jax.data.records import DropStats
 from frcnn_jax.data.records import Record
@@ -41,11 +49,25 @@ _IMAGE_DIR = {'minival2014': 'val2014', 'valminusminival2014': 'val2014',
               'val35k2014': 'val2014'}
 
 
-def load_json(path: str, what: str = 'annotation file') -> dict:
-  """Reads a json file; malformed json is a ``DataError`` naming the spot."""
+# The fields read, with their json_columns kinds.
+IMAGE_FIELDS = {'id': 'int', 'file_name': 'any', 'height': 'int',
+                'width': 'int'}
+ANNOTATION_FIELDS = {'id': 'int', 'image_id': 'int', 'category_id': 'int',
+                     'bbox': 'float4', 'iscrowd': 'int', 'area': 'float'}
+
+
+def load_json(path: str, what: str = 'annotation file',
+              arrays: dict[str, dict[str, str]] | None = None) -> Any:
+  """Reads a json file; malformed json is a ``DataError`` naming the spot.
+
+  With ``arrays`` (top-level key -> {field: kind}), those top-level arrays come back
+  as ``json_columns.Columns`` of just those fields (see
+  :func:`json_columns.read_columns`: one pass, a fraction of the memory).
+  """
   try:
-    with open(path, 'rb') as f:
-      return json.load(f)
+    if arrays:
+      return json_columns.read_columns(path, arrays)
+    return json.loads(json_columns.read_text(path))
   except FileNotFoundError as e:
     raise DataError(f'{path}: {what} not found') from e
   except json.JSONDecodeError as e:
@@ -56,12 +78,19 @@ def load_json(path: str, what: str = 'annotation file') -> dict:
 
 
 def _need(d, key, where, types, ann_file):
+  """``d[key]`` checked against ``types``; a ``DataError`` naming it if not."""
   if not isinstance(d, dict):
+    return _need_value(NotAnObject(d), key, where, types, ann_file)
+  return _need_value(d.get(key, MISSING), key, where, types, ann_file)
+
+
+def _need_value(v, key, where, types, ann_file):
+  """The same for a value of a ``Columns`` column (``MISSING``, ...)."""
+  if isinstance(v, NotAnObject):
     raise DataError(f'{ann_file}: {where}: expected an object, got '
-                    f'{type(d).__name__}')
-  if key not in d:
+                    f'{v.type_name}')
+  if v is MISSING:
     raise DataError(f'{ann_file}: {where}: missing field {key!r}')
-  v = d[key]
   if types is numbers.Integral and isinstance(v, float) and v.is_integer():
     v = int(v)
   if not isinstance(v, types) or isinstance(v, bool):
@@ -74,6 +103,16 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
               exif_transpose: bool = True,
               verify_images: str = 'exists') -> records_lib.DetectionSource:
   """Reads a COCO instances json into a ``DetectionSource``.
+
+  The file is read and parsed once, keeping only the fields used here
+  (``json_columns``: segmentations and other fields are skipped entry by
+  entry, never all held). Every field the detector or ``COCOeval`` uses is
+  checked, for all images / annotations at once; when something is off, a
+  per-entry pass finds the first bad entry and the message names it. What
+  evaluation needs (``coco_gt()``: image ids and sizes, annotation ids,
+  image and category ids, boxes, areas, crowd flags) is kept as arrays
+  (about 60 bytes per annotation), so evaluation does not read the file
+  again.
 
   Args:
     ann_file: ``instances_<split>.json``.
@@ -89,18 +128,22 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
       the file, the image id or annotation id and the field), duplicate ids.
     ImageLoadError: missing image files (verify_images != 'none').
   """
-  d = load_json(ann_file)
+  d = load_json(ann_file, arrays={'images': IMAGE_FIELDS,
+                                  'annotations': ANNOTATION_FIELDS})
   name = name or ann_file
   if not isinstance(d, dict):
     raise DataError(f'{ann_file}: top level must be an object with images, '
                     f'annotations, categories')
-  images = _need(d, 'images', 'top level', list, ann_file)
+  if isinstance(d.get('images'), list):  # (read_columns converts lists)
+    d['images'] = columns_of(d['images'], IMAGE_FIELDS)
+  images = _need(d, 'images', 'top level', Columns, ann_file)
   cats = _need(d, 'categories', 'top level', list, ann_file)
   has_annotations = 'annotations' in d
-  anns = d.get('annotations', [])
-  if not isinstance(anns, list):
+  anns = d.get('annotations', columns_of([], ANNOTATION_FIELDS))
+  if not isinstance(anns, Columns):
     raise DataError(f'{ann_file}: top level: field "annotations" must be a '
                     'list')
+  del d
   stats = DropStats()
   if not has_annotations:
     log.warning('%s has no "annotations": an image list (like COCO\'s '
@@ -109,9 +152,16 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
                 'trained on', ann_file)
   cat_ids, class_names = _read_categories(cats, ann_file)
   table = _read_images(images, image_dir, ann_file)
+  del images
   ann = _read_annotations(anns, table, cat_ids, ann_file, stats)
   # After the checks above, so that their messages name the file's own ids.
-  complete_annotations(anns, ann_file, stats)
+  gt = coco_gt_lib.ground_truth(
+      anns, ann_ids=ann.ids, image_id=ann.image_id,
+      category_id=ann.category_id, xywh=ann.xywh, crowd=ann.crowd,
+      image_ids=table.ids, heights=table.heights, widths=table.widths,
+      file_names=table.file_names, categories=cats, ann_file=ann_file,
+      stats=stats, has_annotations=has_annotations)
+  del anns
   dropped = {}
   records = _records(table, ann, ann_file, stats, dropped)
   reader = images_lib.ImageReader(exif_transpose=exif_transpose)
@@ -119,7 +169,7 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
   return records_lib.DetectionSource(
       name=name, records=records, class_names=class_names, cat_ids=cat_ids,
       reader=reader, stats=stats,
-      coco_gt_fn=functools.partial(_coco_gt_from_file, ann_file),
+      coco_gt_fn=functools.partial(coco_gt_lib.to_coco, gt),
       has_annotations=has_annotations, dropped=dropped)
 
 
@@ -144,32 +194,61 @@ class _ImageTable:
   ids: np.ndarray        # int64 [n]
   heights: np.ndarray    # int64 [n]
   widths: np.ndarray     # int64 [n]
+  file_names: list[str]
   paths: list[str]
-  index_of: dict[int, int]
 
 
-def _read_images(images: list, image_dir: str, ann_file: str) -> _ImageTable:
-  t = _ImageTable(ids=np.zeros(len(images), np.int64),
-                  heights=np.zeros(len(images), np.int64),
-                  widths=np.zeros(len(images), np.int64), paths=[],
-                  index_of={})
-  for i, im in enumerate(images):
-    iid = _need(im, 'id', f'images[{i}]', numbers.Integral, ann_file)
+def _only(values: list, *types) -> bool:
+  """Every value's type is exactly one of ``types`` (so no bool for int)."""
+  return set(map(type, values)) <= set(types)
+
+
+def _read_images(images: Columns, image_dir: str,
+                 ann_file: str) -> _ImageTable:
+  """The image table; fields checked for all images at once (fast path)."""
+  n = len(images)
+  ids, heights, widths = (images.array('id'), images.array('height'),
+                          images.array('width'))
+  file_names = images.values('file_name')
+  if (ids is None or heights is None or widths is None
+      or not _only(file_names, str)
+      or n and ((ids < 0).any() or (ids > records_lib.INT32_MAX).any()
+                or (heights < 1).any() or (widths < 1).any())
+      or len(np.unique(ids)) != n):
+    return _read_images_one_by_one(images, image_dir, ann_file)
+  return _ImageTable(ids=ids, heights=heights, widths=widths,
+                     file_names=file_names,
+                     paths=[os.path.join(image_dir, fn) for fn in file_names])
+
+
+def _read_images_one_by_one(images: Columns, image_dir: str,
+                            ann_file: str) -> _ImageTable:
+  """Per-image checks: raises on the first bad image, naming it."""
+  n = len(images)
+  t = _ImageTable(ids=np.zeros(n, np.int64), heights=np.zeros(n, np.int64),
+                  widths=np.zeros(n, np.int64), file_names=[], paths=[])
+  cols = {f: images.values(f) for f in IMAGE_FIELDS}
+  seen = set()
+  for i in range(n):
+    iid = _need_value(cols['id'][i], 'id', f'images[{i}]',
+                      numbers.Integral, ann_file)
     where = f'images[{i}] (image_id {iid})'
     if not 0 <= iid <= records_lib.INT32_MAX:
       raise DataError(f'{ann_file}: {where}: field "id" must be in '
                       f'[0, 2**31): batches carry int32 image ids')
-    if iid in t.index_of:
+    if iid in seen:
       raise DataError(f'{ann_file}: {where}: duplicate image id')
-    fn = _need(im, 'file_name', where, str, ann_file)
+    seen.add(iid)
+    fn = _need_value(cols['file_name'][i], 'file_name', where, str,
+                     ann_file)
     for key, arr in (('height', t.heights), ('width', t.widths)):
-      v = _need(im, key, where, numbers.Real, ann_file)
+      v = _need_value(cols[key][i], key, where, numbers.Real, ann_file)
       if not (np.isfinite(v) and v >= 1 and float(v).is_integer()):
         raise DataError(f'{ann_file}: {where}: field {key!r} must be a '
                         f'positive integer, got {v!r}')
       arr[i] = int(v)
-    t.index_of[iid] = i
     t.ids[i] = iid
+    t.file_names.append(fn)
     t.paths.append(os.path.join(image_dir, fn))
   return t
 
@@ -177,61 +256,111 @@ def _read_images(images: list, image_dir: str, ann_file: str) -> _ImageTable:
 @dataclasses.dataclass
 class _Annotations:
   """The ``annotations`` of a COCO file as arrays (index j = annotations[j])."""
-  image: np.ndarray      # int64 [m] index into the image table
-  cls: np.ndarray        # int64 [m] contiguous class
+  image_id: np.ndarray   # int64 [m] as in the file
+  category_id: np.ndarray  # int64 [m] as in the file
+  xywh: np.ndarray       # float64 [m, 4] as in the file (null -> NaN)
   crowd: np.ndarray      # bool [m]
-  ok: np.ndarray         # bool [m] known image and category
-  unknown_cat: np.ndarray  # bool [m] known image, unknown category
-  ids: list              # the file's annotation ids (for messages)
-  boxes: np.ndarray      # float64 [m, 4] inclusive corners, unchecked
+  ids: list | np.ndarray  # the file's annotation ids (MISSING if absent)
+  image: np.ndarray | None = None  # int64 [m] index into the image table
+  cls: np.ndarray | None = None    # int64 [m] contiguous class
+  ok: np.ndarray | None = None     # bool [m] known image and category
+  unknown_cat: np.ndarray | None = None  # bool [m] known image, unknown cat.
 
 
-def _read_annotations(anns: list, table: _ImageTable, cat_ids: list[int],
+def _read_annotations(anns: Columns, table: _ImageTable, cat_ids: list[int],
                       ann_file: str, stats: DropStats) -> _Annotations:
   """Checks every annotation's fields; unknown images/categories dropped."""
-  contiguous = {c: i + 1 for i, c in enumerate(cat_ids)}
-  a = _Annotations(image=np.zeros(len(anns), np.int64),
-                   cls=np.zeros(len(anns), np.int64),
-                   crowd=np.zeros(len(anns), bool),
-                   ok=np.ones(len(anns), bool),
-                   unknown_cat=np.zeros(len(anns), bool), ids=[], boxes=None)
-  bboxes = []
-  for j, an in enumerate(anns):
-    aid = an.get('id', j) if isinstance(an, dict) else j
-    a.ids.append(aid)
-    where = f'annotations[{j}] (annotation id {aid})'
-    iid = _need(an, 'image_id', where, numbers.Integral, ann_file)
-    where = f'annotations[{j}] (annotation id {aid}, image_id {iid})'
-    cid = _need(an, 'category_id', where, numbers.Integral, ann_file)
-    bb = _need(an, 'bbox', where, (list, tuple), ann_file)
+  m = len(anns)
+  a = None
+  image_id, category_id, xywh = (anns.array('image_id'),
+                                 anns.array('category_id'), anns.array('bbox'))
+  if image_id is not None and category_id is not None and xywh is not None:
+    crowd = anns.array('iscrowd')
+    if crowd is None:  # Missing (0), or booleans.
+      crowd = anns.values('iscrowd')
+      try:
+        crowd = (np.array([c is not MISSING and bool(c) for c in crowd])
+                 if set(crowd) <= {0, 1, True, False, MISSING} else None)
+      except TypeError:  # Unhashable values.
+        crowd = None
+    elif ((crowd != 0) & (crowd != 1)).any():
+      crowd = None
+    if crowd is not None:
+      a = _Annotations(image_id=image_id, category_id=category_id,
+                       xywh=xywh, crowd=np.asarray(crowd, bool).reshape(m),
+                       ids=anns.array('id'))
+  if a is None:  # Something is off: find it (or accept ints given as x.0).
+    a = _read_annotations_one_by_one(anns, ann_file)
+  if a.ids is None:
+    a.ids = anns.values('id')
+  a.image, known_image = _lookup(table.ids, a.image_id)
+  cpos, known_cat = _lookup(np.asarray(cat_ids, np.int64), a.category_id)
+  a.ok = known_image & known_cat
+  a.unknown_cat = known_image & ~known_cat
+  a.cls = np.where(a.ok, cpos + 1, 0)
+  for j in np.flatnonzero(~a.ok):
+    where = (f'annotations[{j}] (annotation id {_ann_id(a, j)}, image_id '
+             f'{a.image_id[j]})')
+    if not known_image[j]:
+      stats.add('annotation_unknown_image', example=f'{ann_file}: {where}: '
+                'field image_id names no image of the file')
+    else:
+      stats.add('box_unknown_category', example=f'{ann_file}: {where}: field '
+                f'category_id {a.category_id[j]} is not in categories')
+  return a
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray):
+  """``(index into keys, found)`` of each value; keys distinct, any order."""
+  if not len(keys):
+    return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+  order = np.argsort(keys, kind='stable')
+  pos = np.minimum(np.searchsorted(keys[order], values), len(keys) - 1)
+  found = keys[order][pos] == values
+  return np.where(found, order[pos], 0), found
+
+
+def _ann_id(a: _Annotations, j: int):
+  return coco_gt_lib.ann_id(a.ids, j)
+
+
+def _read_annotations_one_by_one(anns: Columns,
+                                 ann_file: str) -> _Annotations:
+  """Per-annotation checks: raises on the first bad one, naming it."""
+  m = len(anns)
+  cols = {f: anns.values(f) for f in ('image_id', 'category_id', 'bbox',
+                                      'iscrowd')}
+  a = _Annotations(image_id=np.zeros(m, np.int64),
+                   category_id=np.zeros(m, np.int64),
+                   xywh=np.zeros((m, 4)), crowd=np.zeros(m, bool),
+                   ids=anns.values('id'))
+  for j in range(m):
+    where = f'annotations[{j}] (annotation id {_ann_id(a, j)})'
+    iid = _need_value(cols['image_id'][j], 'image_id', where,
+                      numbers.Integral, ann_file)
+    where = f'annotations[{j}] (annotation id {_ann_id(a, j)}, image_id {iid})'
+    cid = _need_value(cols['category_id'][j], 'category_id', where,
+                      numbers.Integral, ann_file)
+    bb = _need_value(cols['bbox'][j], 'bbox', where, (list, tuple), ann_file)
     if len(bb) != 4:
       raise DataError(f'{ann_file}: {where}: field "bbox" must have 4 '
                       f'numbers [x, y, w, h], got {bb!r}')
     try:
-      bboxes.append([np.nan if v is None else float(v) for v in bb])
+      a.xywh[j] = [np.nan if v is None else float(v) for v in bb]
     except (TypeError, ValueError):
       raise DataError(f'{ann_file}: {where}: field "bbox" must have 4 '
                       f'numbers [x, y, w, h], got {bb!r}') from None
-    crowd = an.get('iscrowd', 0)
+    crowd = cols['iscrowd'][j]
+    crowd = 0 if crowd is MISSING else crowd
     if crowd not in (0, 1, True, False):
       raise DataError(f'{ann_file}: {where}: field "iscrowd" must be 0 or 1, '
                       f'got {crowd!r}')
-    if iid not in table.index_of:
-      stats.add('annotation_unknown_image', example=f'{ann_file}: {where}: '
-                'field image_id names no image of the file')
-      a.ok[j] = False
-      continue
-    if cid not in contiguous:
-      stats.add('box_unknown_category', example=f'{ann_file}: {where}: field '
-                f'category_id {cid} is not in categories')
-      a.ok[j] = False
-      a.unknown_cat[j] = True
-      a.image[j] = table.index_of[iid]
-      continue
-    a.image[j] = table.index_of[iid]
-    a.cls[j] = contiguous[cid]
+    for arr, v, key in ((a.image_id, iid, 'image_id'),
+                        (a.category_id, cid, 'category_id')):
+      if not -2**63 <= v < 2**63:
+        raise DataError(f'{ann_file}: {where}: field {key!r} out of range')
+      arr[j] = v
     a.crowd[j] = bool(crowd)
-  a.boxes = box_ops.xywh_to_xyxy(np.asarray(bboxes, np.float64).reshape(-1, 4))
   return a
 
 
@@ -242,12 +371,12 @@ def _records(t: _ImageTable, a: _Annotations, ann_file: str,
   def where_of(sub):
     def f(k):
       j = sub[k]
-      return (f'{ann_file}: annotation id {a.ids[j]}, image_id '
+      return (f'{ann_file}: annotation id {_ann_id(a, j)}, image_id '
               f'{t.ids[a.image[j]]} ({t.paths[a.image[j]]})')
     return f
 
   sel = np.flatnonzero(a.ok)
-  sub_boxes = a.boxes[sel]  # A copy; sanitize_boxes clips it in place.
+  sub_boxes = box_ops.xywh_to_xyxy(a.xywh[sel])  # sanitize_boxes clips it.
   keep, reasons = records_lib.sanitize_boxes(
       sub_boxes, t.heights[a.image[sel]], t.widths[a.image[sel]], stats,
       where_of(sel), with_reasons=True)
@@ -255,11 +384,12 @@ def _records(t: _ImageTable, a: _Annotations, ann_file: str,
   reasons[keep & crowd_sel] = 'box_crowd'
   for k in np.flatnonzero(reasons != ''):
     j = sel[k]
-    records_lib.add_dropped(dropped, t.ids[a.image[j]],
-                            sub_boxes[k] if keep[k] else a.boxes[j],
-                            [a.cls[j]], [reasons[k]])
+    box = sub_boxes[k] if keep[k] else box_ops.xywh_to_xyxy(a.xywh[j:j + 1])
+    records_lib.add_dropped(dropped, t.ids[a.image[j]], box, [a.cls[j]],
+                            [reasons[k]])
   for j in np.flatnonzero(a.unknown_cat):
-    records_lib.add_dropped(dropped, t.ids[a.image[j]], a.boxes[j], [0],
+    records_lib.add_dropped(dropped, t.ids[a.image[j]],
+                            box_ops.xywh_to_xyxy(a.xywh[j:j + 1]), [0],
                             ['box_unknown_category'])
   n_crowd = int((keep & crowd_sel).sum())
   if n_crowd:
@@ -272,85 +402,16 @@ def _records(t: _ImageTable, a: _Annotations, ann_file: str,
   per_boxes, per_cls = records_lib.group_boxes(
       a.image[sel][use], n, sub_boxes[use].astype(np.float32),
       a.cls[sel][use].astype(np.int32))
+  ids, heights, widths = (t.ids.tolist(), t.heights.tolist(),
+                          t.widths.tolist())
   records = [
-      Record(image_id=int(t.ids[i]), path=t.paths[i], index=None,
-             height=int(t.heights[i]), width=int(t.widths[i]),
+      Record(image_id=ids[i], path=t.paths[i], index=None,
+             height=heights[i], width=widths[i],
              boxes=per_boxes[i].reshape(-1, 4), classes=per_cls[i],
              difficult=np.zeros(len(per_cls[i]), bool))
       for i in range(n)]
   records_lib.count_image_stats(records, stats, crowd_counts)
   return records
-
-
-def complete_annotations(anns: list, ann_file: str,
-                         stats: DropStats | None = None) -> None:
-  """Fills in place what COCO tools need and exported files often lack.
-
-  * ``area`` missing -> the box's ``w * h`` (``annotation_area_from_box``);
-    ``COCOeval`` uses it for the small / medium / large ranges.
-  * ``iscrowd`` missing -> 0 (``annotation_iscrowd_default``).
-  * ``id`` missing or repeated -> every annotation renumbered 1..n in file
-    order (``annotation_id_missing`` / ``annotation_id_duplicate``).
-    ``COCOeval`` matches ground truth to detections by annotation id, so
-    repeated ids would silently corrupt the AP; the ids mean nothing outside
-    the file (detections refer to images and categories), so renumbering is
-    safe, and it is what a user of an exported dataset wants.
-
-  Each reason is counted in ``stats`` and logged once, with the first
-  annotation it applies to. Entries that are not objects are left for the
-  reader to report.
-  """
-  missing_area, missing_crowd, missing_id = [], [], []
-  seen, dup = set(), []
-  for j, a in enumerate(anns):
-    if not isinstance(a, dict):
-      continue
-    if 'id' not in a:
-      missing_id.append(j)
-    elif a['id'] in seen:
-      dup.append(a['id'])
-    else:
-      seen.add(a['id'])
-    if 'area' not in a:
-      missing_area.append(j)
-      bb = a.get('bbox')
-      try:
-        a['area'] = float(bb[2]) * float(bb[3])
-      except (TypeError, ValueError, IndexError):
-        a['area'] = 0.0   # the reader reports the bad box itself
-    if 'iscrowd' not in a:
-      missing_crowd.append(j)
-      a['iscrowd'] = 0
-  if missing_id or dup:
-    for j, a in enumerate(a for a in anns if isinstance(a, dict)):
-      a['id'] = j + 1
-  if stats is None:
-    return
-  for reason, items, what in (
-      ('annotation_area_from_box', missing_area,
-       'no field "area": computed from the box (w * h)'),
-      ('annotation_iscrowd_default', missing_crowd,
-       'no field "iscrowd": taken as 0'),
-      ('annotation_id_missing', missing_id,
-       'no field "id": annotations renumbered 1..n for evaluation'),
-  ):
-    if items:
-      stats.add(reason, len(items), example=(
-          f'{ann_file}: annotations[{items[0]}] and {len(items) - 1} more: '
-          f'{what}'), level=logging.INFO if reason ==
-                'annotation_iscrowd_default' else logging.WARNING)
-  if dup:
-    stats.add('annotation_id_duplicate', len(dup), example=(
-        f'{ann_file}: field "id": {len(dup)} annotation(s) repeat an id '
-        f'(first: {sorted(set(dup))[:10]}); COCOeval matches by id, so every '
-        f'annotation was renumbered 1..n for evaluation'))
-
-
-def _coco_gt_from_file(ann_file: str):
-  d = load_json(ann_file)
-  if isinstance(d.get('annotations'), list):
-    complete_annotations(d['annotations'], ann_file)
-  return records_lib.coco_from_dict(d)
 
 
 def coco_paths(root: str, split: str) -> tuple[str, str]:

@@ -41,6 +41,10 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
   # YCbCr converted by PIL; L and 1 replicated.
   return np.asarray(img.convert('RGB'), dtype=np.uint8)
 
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+  """A PIL image of any mode -> uint8 ``[h, w, 3]`` RGB (as the readers)."""
+  return _to_rgb(img)
+
 def decode_image(data: str | bytes, *, exif_transpose: bool = True,
                  where: str = '') -> np.ndarray:
   """Reads an image file (path or encoded bytes) as uint8 ``[h, w, 3]`` RGB.

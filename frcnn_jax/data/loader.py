@@ -4,6 +4,8 @@ Batch (numpy dict; ``B`` = images on this host, ``M`` = ``max_num_box``,
 ``H x W`` = the bucket canvas of the batch)::
 
   image       uint8   [B, H, W, 3]  RGB, NOT normalized; padding pixels 0
+                                    (float32 0..255 with data.resize =
+                                    'torchvision')
   im_info     float32 [B, 3]        (height, width, scale) of the resized
                                     content, placed top-left on the canvas
   gt_boxes    float32 [B, M, 4]     inclusive-pixel (x1, y1, x2, y2), canvas px
@@ -118,7 +120,7 @@ class _BatchMaker:
 
   def _dummy(self, canvas):
     m = self.params.max_num_box
-    return {'image': np.zeros(canvas + (3,), np.uint8),
+    return {'image': np.zeros(canvas + (3,), self.params.image_dtype),
             'im_info': np.array([canvas[0], canvas[1], 1.0], np.float32),
             'gt_boxes': np.zeros((m, 4), np.float32),
             'gt_classes': np.zeros((m,), np.int32),
@@ -216,15 +218,37 @@ def _check_hosts(global_batch_size: int, process_index: int,
                      f'positive multiple of process_count {process_count}')
 
 
+def extra_canvases(records: Sequence[Record],
+                   params: transforms.TransformParams) -> list[tuple[int, int]]:
+  """Canvases for the evaluation images no bucket holds (``canvas_for``).
+
+  With the seed's rule (no long-side cap) an image of extreme aspect ratio
+  resizes beyond every configured bucket; evaluation never crops, so such
+  an image gets its own canvas, rounded up to 64 pixels (one compilation
+  per new canvas, logged).
+  """
+  extra = []
+  for r in records:
+    oh, ow, _ = transforms.planned_size(r.height, r.width, params, False)
+    if transforms.choose_bucket(oh, ow, params.buckets + tuple(extra)) < 0:
+      extra.append(canvas_for(oh, ow, ()))
+  return extra
+
+
 def assign_buckets(records: Sequence[Record],
                    params: transforms.TransformParams, train: bool,
                    what: str) -> np.ndarray:
   """Bucket index of every record; an image no bucket holds is an error."""
   out = np.zeros(len(records), np.int64)
   bad = []
+  plans = {}  # (h, w) -> (oh, ow, bucket): datasets repeat a few sizes.
   for i, r in enumerate(records):
-    oh, ow, _ = transforms.planned_size(r.height, r.width, params, train)
-    b = transforms.choose_bucket(oh, ow, params.buckets)
+    plan = plans.get((r.height, r.width))
+    if plan is None:
+      oh, ow, _ = transforms.planned_size(r.height, r.width, params, train)
+      plan = plans[r.height, r.width] = (
+          oh, ow, transforms.choose_bucket(oh, ow, params.buckets))
+    oh, ow, b = plan
     if b < 0:
       bad.append(f'{r.name}: {r.height}x{r.width} resizes to {oh}x{ow}')
     out[i] = b
@@ -431,12 +455,21 @@ class EvalLoader:
 
   def __init__(self, data_config, split: str, *, batch_size: int,
                process_index: int = 0, process_count: int = 1,
-               source: records_lib.DetectionSource | None = None):
+               source: records_lib.DetectionSource | None = None,
+               generate: bool = True):
     _check_hosts(batch_size, process_index, process_count)
     self._config = data_config
     self.params = transforms.TransformParams.from_config(data_config)
-    self.source = source or datasets.build_source(data_config, split)
+    self.source = source or datasets.build_source(data_config, split,
+                                                  generate=generate)
     records = self.source.records
+    extra = extra_canvases(records, self.params)
+    if extra:
+      log.info('%s: %d canvas(es) added for images no bucket of '
+               'data.buckets holds (each compiles once): %s',
+               self.source.name, len(extra), extra)
+      self.params = dataclasses.replace(
+          self.params, buckets=self.params.buckets + tuple(extra))
     self.stats = DropStats()
     self.stats.update(self.source.stats)
     _count_overflow(records, self.params.max_num_box, self.stats)
@@ -489,14 +522,17 @@ def build_train_loader(data_config, *, seed: int, global_batch_size: int,
 
 
 def build_eval_loader(data_config, split: str, *, batch_size: int,
-                      process_index: int = 0,
-                      process_count: int = 1) -> EvalLoader:
+                      process_index: int = 0, process_count: int = 1,
+                      generate: bool = True) -> EvalLoader:
   """The evaluation loader of ``split``; ``batch_size`` is GLOBAL (all hosts).
 
-  The returned ``EvalLoader`` is iterable and carries ``.source``.
+  The returned ``EvalLoader`` is iterable and carries ``.source``. With
+  ``generate=False`` a missing synthetic dataset is an error instead of
+  being written (``datasets.build_source``).
   """
   return EvalLoader(data_config, split, batch_size=batch_size,
-                    process_index=process_index, process_count=process_count)
+                    process_index=process_index, process_count=process_count,
+                    generate=generate)
 
 
 # -- arbitrary images (demo, the Python API) ------------------------------------
@@ -513,10 +549,11 @@ def prepare_image(image: np.ndarray, data_config) -> tuple[np.ndarray,
                                                            np.ndarray]:
   """Resize as evaluation does; returns ``(resized, im_info)``."""
   h, w = image.shape[:2]
-  s = transforms.compute_scale(h, w, data_config.scale, data_config.max_size)
-  rh, rw = transforms.resized_size(h, w, s)
-  return transforms.resize_image(image, rh, rw), np.array([rh, rw, s],
-                                                          np.float32)
+  method = str(getattr(data_config, 'resize', 'pil'))
+  rh, rw, s = transforms.plan_resize(h, w, data_config.scale,
+                                     data_config.max_size, method)
+  resized = transforms.resize_image(image, rh, rw, method=method, im_scale=s)
+  return resized, np.array([rh, rw, s], np.float32)
 
 
 def image_batches(images: Sequence[tuple[Any, np.ndarray]], data_config,
@@ -544,7 +581,7 @@ def image_batches(images: Sequence[tuple[Any, np.ndarray]], data_config,
   for (ch, cw), items in groups.items():
     for i in range(0, len(items), batch_size):
       chunk = items[i:i + batch_size]
-      batch = np.zeros((batch_size, ch, cw, 3), np.uint8)
+      batch = np.zeros((batch_size, ch, cw, 3), chunk[0][1].dtype)
       info = np.tile(np.array([ch, cw, 1.0], np.float32), (batch_size, 1))
       for j, (_, im, inf) in enumerate(chunk):
         batch[j, :im.shape[0], :im.shape[1]] = im

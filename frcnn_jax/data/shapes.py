@@ -259,6 +259,20 @@ def _read_meta(root: str):
     return None
 
 
+def _wanted_meta(shapes_config, seed: int) -> dict:
+  cfg = default_shapes_config()
+  cfg.update(_plain(shapes_config))
+  cfg = _plain(cfg)
+  _validate(cfg)
+  return {'generator_version': GENERATOR_VERSION, 'seed': int(seed),
+          'config': cfg}
+
+
+def has_shapes_dataset(root: str, shapes_config, seed: int) -> bool:
+  """``root`` holds the dataset :func:`ensure_shapes_dataset` would write."""
+  return _read_meta(root) == _wanted_meta(shapes_config, seed)
+
+
 def ensure_shapes_dataset(root: str, shapes_config, seed: int) -> None:
   """Writes the synthetic COCO-format dataset under ``root`` unless present.
 
@@ -272,12 +286,8 @@ def ensure_shapes_dataset(root: str, shapes_config, seed: int) -> None:
     shapes_config: ``config.data.shapes`` (see ``default_shapes_config``).
     seed: dataset seed; the images are a function of it and the config.
   """
-  cfg = default_shapes_config()
-  cfg.update(_plain(shapes_config))
-  cfg = _plain(cfg)
-  _validate(cfg)
-  want = {'generator_version': GENERATOR_VERSION, 'seed': int(seed),
-          'config': cfg}
+  want = _wanted_meta(shapes_config, seed)
+  cfg = want['config']
   if _read_meta(root) == want:
     return
   if (os.path.isdir(root) and os.listdir(root) and

@@ -14,11 +14,16 @@ holds flipped copies, its minibatch resizes, its loader crops):
    random); boxes are shifted and clamped to the window. Done in original
    pixels, before resizing, so the crop is then resized with the usual rule
    (the seed crops after resizing, with no ``max_size``: same window shape);
-3. ``resize``: ``im_scale = scale / min(h, w)``, or ``max_size / max(h, w)``
-   when ``round(im_scale * max(h, w)) > max_size`` (the seed's
-   ``prep_im_for_blob``); ``oh = round(h * im_scale)``, ``ow = round(w *
-   im_scale)`` (cv2's rounding); pixels by PIL bilinear (antialiased when
-   shrinking); boxes ``* im_scale``, clipped to ``[0, ow - 1] x [0, oh - 1]``;
+3. ``resize``: ``im_scale = scale / min(h, w)`` (the seed's
+   ``prep_im_for_blob``: its ``MAX_SIZE`` cap is commented out, so
+   ``max_size = 0``, no cap, is the seed's rule), or with ``max_size > 0``
+   ``max_size / max(h, w)`` when ``round(im_scale * max(h, w)) > max_size``
+   (py-faster-rcnn / Detectron); ``oh = cvRound(h * im_scale)``, ``ow =
+   cvRound(w * im_scale)`` (``data/cv_resize.py``); pixels by ``resize``:
+   ``'cv2'`` = OpenCV's ``INTER_LINEAR`` on float32 (the seed's; batches
+   then carry float32 images) or ``'pil'`` = PIL bilinear on uint8
+   (antialiased when shrinking; 4x smaller batches); boxes ``* im_scale``,
+   clipped to ``[0, ow - 1] x [0, oh - 1]``;
 4. degenerate boxes (``x2 <= x1`` or ``y2 <= y1``, e.g. clamped flat by the
    crop) are dropped (the seed's Code4);
 5. placed top-left on the smallest-area bucket canvas that holds ``oh x ow``
@@ -27,6 +32,12 @@ holds flipped copies, its minibatch resizes, its loader crops):
    are dropped (the first ``M`` kept, as the seed) and counted.
 
 Evaluation examples skip 1, 2 and 4.
+
+``resize='torchvision'`` (the FPN configs) replaces step 3 by torchvision's
+detection resize (:mod:`frcnn_jax.data.tv_resize`): ``im_scale = min(scale /
+min(h, w), max_size / max(h, w))``, ``oh = floor(h * im_scale)``, torch's
+bilinear interpolation without antialiasing, float32 pixels (the canvas is
+then float32 too).
 """
 
 from __future__ import annotations
@@ -38,14 +49,23 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from frcnn_jax.data import cv_resize
+from frcnn_jax.data import tv_resize
+
 # The seed's ratio range: images with w / h outside it are cropped in training.
 MIN_RATIO = 0.5
 MAX_RATIO = 2.0
+# 'pil': uint8 PIL bilinear; 'cv2': the seed's float32 OpenCV resize;
+# 'torchvision': torchvision's detection resize (float32; the FPN configs).
+RESIZE_METHODS = ('pil', 'cv2', 'torchvision')
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformParams:
-  """What the transforms need from ``config.data``."""
+  """What the transforms need from ``config.data``.
+
+  ``max_size`` 0 means no cap on the long side (the seed's rule).
+  """
   scale: int
   max_size: int
   buckets: tuple[tuple[int, int], ...]
@@ -54,6 +74,13 @@ class TransformParams:
   crop_extreme_ratios: bool = True
   min_ratio: float = MIN_RATIO
   max_ratio: float = MAX_RATIO
+  resize: str = 'pil'
+
+  @property
+  def image_dtype(self):
+    """dtype of batch images: float32 for the float resizes (the seed's
+    OpenCV one and torchvision's)."""
+    return np.float32 if self.resize in ('cv2', 'torchvision') else np.uint8
 
   @classmethod
   def from_config(cls, c) -> 'TransformParams':
@@ -64,31 +91,51 @@ class TransformParams:
       if h <= 0 or w <= 0 or h % 16 or w % 16:
         raise ValueError(f'data.buckets: ({h}, {w}) must be positive '
                          'multiples of 16')
-    if int(c.scale) <= 0 or int(c.max_size) < int(c.scale):
+    if int(c.scale) <= 0 or 0 < int(c.max_size) < int(c.scale):
       raise ValueError(f'data.scale ({c.scale}) must be positive and at most '
-                       f'data.max_size ({c.max_size})')
+                       f'data.max_size ({c.max_size}; 0 = no cap)')
     if int(c.max_num_box) <= 0:
       raise ValueError(f'data.max_num_box must be positive, got '
                        f'{c.max_num_box}')
+    resize = str(c.get('resize', 'pil'))
+    if resize not in RESIZE_METHODS:
+      raise ValueError(f'data.resize must be one of {RESIZE_METHODS}, got '
+                       f'{resize!r}')
     return cls(scale=int(c.scale), max_size=int(c.max_size), buckets=buckets,
                max_num_box=int(c.max_num_box), flip=bool(c.flip),
-               crop_extreme_ratios=bool(c.crop_extreme_ratios))
+               crop_extreme_ratios=bool(c.crop_extreme_ratios), resize=resize)
+
+
+def resize_plan(height: int, width: int, params: 'TransformParams'
+                ) -> tuple[int, int, float]:
+  """``(oh, ow, im_scale)`` of an image under ``params.resize``."""
+  return plan_resize(height, width, params.scale, params.max_size,
+                     params.resize)
+
+
+def plan_resize(height: int, width: int, scale: float, max_size: float,
+                method: str = 'pil') -> tuple[int, int, float]:
+  """``(oh, ow, im_scale)``: torchvision's floor sizes for
+  ``method='torchvision'``, else the seed's rounding (``cv2.resize``)."""
+  if method == 'torchvision':
+    s = tv_resize.torchvision_scale(height, width, scale, max_size)
+    return tv_resize.torchvision_size(height, width, s) + (s,)
+  s = compute_scale(height, width, scale, max_size)
+  return resized_size(height, width, s) + (s,)
 
 
 def compute_scale(height: int, width: int, scale: float,
                   max_size: float) -> float:
-  """The seed's ``prep_im_for_blob`` factor: short side ``scale``, long side
-  at most ``max_size``."""
-  im_scale = float(scale) / float(min(height, width))
-  if np.round(im_scale * max(height, width)) > max_size:
-    im_scale = float(max_size) / float(max(height, width))
-  return im_scale
+  """The resize factor: short side ``scale``; with ``max_size > 0`` the
+  long side at most ``max_size`` (``cv_resize.seed_resize_size``)."""
+  return cv_resize.seed_resize_size(height, width, scale,
+                                    max_size if max_size > 0 else None)[2]
 
 
 def resized_size(height: int, width: int, im_scale: float) -> tuple[int, int]:
-  """``(round(h * s), round(w * s))`` as ``cv2.resize(fx=s, fy=s)``, >= 1."""
-  return (max(int(np.round(height * im_scale)), 1),
-          max(int(np.round(width * im_scale)), 1))
+  """``(cvRound(h * s), cvRound(w * s))`` as ``cv2.resize(fx=s, fy=s)``, >= 1."""
+  return (max(cv_resize.cv_round(height * im_scale), 1),
+          max(cv_resize.cv_round(width * im_scale), 1))
 
 
 def choose_bucket(height: int, width: int,
@@ -181,8 +228,25 @@ def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
   return out
 
 
-def resize_image(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-  """uint8 ``[h, w, 3]`` -> ``[out_h, out_w, 3]``, bilinear (PIL)."""
+def resize_image(image: np.ndarray, out_h: int, out_w: int, *,
+                 method: str = 'pil', im_scale: float | None = None
+                 ) -> np.ndarray:
+  """uint8 ``[h, w, 3]`` -> ``[out_h, out_w, 3]``, bilinear.
+
+  ``method='pil'``: PIL on uint8 (antialiased when shrinking), uint8 out;
+  ``'cv2'``: OpenCV's ``INTER_LINEAR`` with ``fx = fy = im_scale`` on
+  float32 (the seed's ``prep_im_for_blob``), float32 out;
+  ``'torchvision'``: torch's bilinear without antialiasing on float32
+  (``GeneralizedRCNNTransform``), float32 out.
+  """
+  if method == 'torchvision':
+    return tv_resize.resize_bilinear(image, out_h, out_w)
+  if method == 'cv2':
+    out = cv_resize.resize_bilinear(image, im_scale)
+    if out.shape[:2] != (out_h, out_w):
+      raise ValueError(f'cv2 resize by {im_scale} gives {out.shape[:2]}, '
+                       f'expected {(out_h, out_w)}')
+    return out
   if image.shape[0] == out_h and image.shape[1] == out_w:
     return image
   pil = Image.fromarray(np.ascontiguousarray(image))
@@ -224,9 +288,7 @@ def planned_size(height: int, width: int, params: TransformParams,
   if train and params.crop_extreme_ratios:
     height, width = crop_size(height, width, params.min_ratio,
                               params.max_ratio)
-  s = compute_scale(height, width, params.scale, params.max_size)
-  oh, ow = resized_size(height, width, s)
-  return oh, ow, s
+  return resize_plan(height, width, params)
 
 
 def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
@@ -244,7 +306,7 @@ def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
       flip, no crop, no degenerate-box drop).
 
   Returns:
-    dict: ``image [H,W,3] uint8``, ``im_info [3] float32`` = ``(oh, ow,
+    dict: ``image [H,W,3]`` (``params.image_dtype``), ``im_info [3] float32`` = ``(oh, ow,
     im_scale)``, ``gt_boxes [M,4] float32`` (canvas pixels), ``gt_classes
     [M] int32``, ``gt_valid [M] bool``, ``num_dropped`` (int, boxes beyond M).
   """
@@ -261,18 +323,17 @@ def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
           h, w, boxes, rng, params.min_ratio, params.max_ratio)
       image = image[y0:y0 + ch, x0:x0 + cw]
       h, w = ch, cw
-  s = compute_scale(h, w, params.scale, params.max_size)
-  oh, ow = resized_size(h, w, s)
+  oh, ow, s = resize_plan(h, w, params)
   bh, bw = bucket
   if oh > bh or ow > bw:
     raise ValueError(f'resized image {oh}x{ow} does not fit bucket {bh}x{bw}')
-  resized = resize_image(image, oh, ow)
+  resized = resize_image(image, oh, ow, method=params.resize, im_scale=s)
   boxes = boxes * s
   boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, ow - 1)
   boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, oh - 1)
   if train:
     boxes, classes = drop_degenerate(boxes, classes)
-  canvas = np.zeros((bh, bw, 3), np.uint8)
+  canvas = np.zeros((bh, bw, 3), params.image_dtype)
   canvas[:oh, :ow] = resized
   gb, gc, gv, dropped = pad_gt(boxes, classes, params.max_num_box)
   return {'image': canvas,

@@ -1,4 +1,4 @@
-"""Pascal VOC detection datasets (VOC2007, VOC2012, and their unions).
+"""Pascal VOC detection datasets (VOC2007, VOC2012, their unions, your own).
 
 Layout: ``data.root`` is the ``VOCdevkit`` folder::
 
@@ -9,6 +9,14 @@ Layout: ``data.root`` is the ``VOCdevkit`` folder::
 
 Splits are ``<year>_<set>`` joined with ``+``: ``'2007_trainval'``,
 ``'2007_test'``, ``'2007_trainval+2012_trainval'``.
+
+Your own data in VOC's layout (what labelImg and CVAT export): ``data.root``
+is one folder holding ``Annotations/``, ``ImageSets/Main/<set>.txt`` and
+``JPEGImages/`` (``.jpg``, or another image extension), and the split is the
+set's name (``'trainval'``, ``'test'``). The classes are ``data.class_names``
+when given, else the 20 VOC classes in a ``VOCdevkit`` and every object name
+found in the folder's ``Annotations/*.xml`` (sorted) in a single folder, so
+that every split of one folder has the same classes.
 
 Coordinates: VOC's 1-based pixel indices become 0-based inclusive pixels in
 float (``x1 = xmin - 1``, ``x2 = xmax - 1``), never unsigned integers (the
@@ -116,30 +124,84 @@ def _image_ids(names):
   return list(range(len(names)))
 
 
+_IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff',
+                     '.webp', '.JPG', '.JPEG', '.PNG')
+
+
+def is_single_folder(root: str) -> bool:
+  """``root`` is one VOC-style folder (not a ``VOCdevkit``)."""
+  return os.path.isdir(os.path.join(root, 'ImageSets', 'Main'))
+
+
+def _split_folder(root: str, part: str) -> tuple[str, str]:
+  """(folder holding Annotations/ ImageSets/ JPEGImages/, image set)."""
+  if is_single_folder(root):
+    return root, part
+  year, sep, image_set = part.partition('_')
+  if not sep or not year.isdigit():
+    raise ValueError(
+        f"VOC split must look like '2007_trainval' (data.root a VOCdevkit) "
+        f"or name a set of {root}/ImageSets/Main (a single VOC-style "
+        f"folder), got {part!r}")
+  return os.path.join(root, f'VOC{year}'), image_set
+
+
+def folder_class_names(root: str) -> tuple[str, ...]:
+  """Every object name in ``root/Annotations/*.xml``, sorted (lower case)."""
+  ann_dir = os.path.join(root, 'Annotations')
+  names = set()
+  for f in sorted(os.listdir(ann_dir)) if os.path.isdir(ann_dir) else []:
+    if f.endswith('.xml'):
+      path = os.path.join(ann_dir, f)
+      names.update(c for c, _, _ in parse_voc_xml(path, f'file {f}')[2])
+  if not names:
+    raise DataError(f'{ann_dir}: no objects in any annotation file: cannot '
+                    'tell the classes (set data.class_names)')
+  return tuple(sorted(names))
+
+
+def _image_path(folder: str, name: str, single: bool) -> str:
+  path = os.path.join(folder, 'JPEGImages', f'{name}.jpg')
+  if single and not os.path.exists(path):
+    for ext in _IMAGE_EXTENSIONS:
+      other = os.path.join(folder, 'JPEGImages', name + ext)
+      if os.path.exists(other):
+        return other
+  return path
+
+
 def read_voc(root: str, split: str, *, exif_transpose: bool = True,
              verify_images: str = 'exists',
-             class_names=VOC_CLASSES) -> records_lib.DetectionSource:
-  """Reads VOC split(s) ``'2007_trainval'`` / ``'2007_trainval+2012_trainval'``.
+             class_names=None) -> records_lib.DetectionSource:
+  """Reads VOC split(s) ``'2007_trainval'`` / ``'2007_trainval+2012_trainval'``
+  of a VOCdevkit, or ``'trainval'`` of a single VOC-style folder.
+
+  Args:
+    class_names: the classes in training order (background excluded);
+      None: the 20 VOC classes (VOCdevkit) or the names found in the
+      folder's annotations (single folder).
 
   Raises:
     DataError: a missing ImageSets file, malformed xml, a missing field (the
       message names the file, the image and the field).
     ImageLoadError: missing image files.
   """
+  single = is_single_folder(root)
+  if class_names is None:
+    class_names = folder_class_names(root) if single else VOC_CLASSES
+  class_names = tuple(c.lower() for c in class_names)
   entries = []  # (name, year-folder)
   for part in [p for p in split.split('+') if p]:
-    year, sep, image_set = part.partition('_')
-    if not sep or not year.isdigit():
-      raise ValueError(
-          f"VOC split must look like '2007_trainval', got {part!r}")
-    folder = os.path.join(root, f'VOC{year}')
+    folder, image_set = _split_folder(root, part)
     set_file = os.path.join(folder, 'ImageSets', 'Main', f'{image_set}.txt')
     try:
       with open(set_file) as f:
         names = [ln.split()[0] for ln in f if ln.strip()]
     except FileNotFoundError:
       raise DataError(f'{set_file}: VOC image set not found (data.root must '
-                      'be the VOCdevkit folder holding VOC<year>/)') from None
+                      'be the VOCdevkit folder holding VOC<year>/, or one '
+                      'folder holding Annotations/, ImageSets/Main/, '
+                      'JPEGImages/)') from None
     entries.extend((n, folder) for n in names)
   ids = _image_ids([n for n, _ in entries])
   contiguous = {c: i + 1 for i, c in enumerate(class_names)}
@@ -148,7 +210,7 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
   records, dropped = [], {}
   for (name, folder), iid in zip(entries, ids):
     xml_path = os.path.join(folder, 'Annotations', f'{name}.xml')
-    img_path = os.path.join(folder, 'JPEGImages', f'{name}.jpg')
+    img_path = _image_path(folder, name, single)
     where = f'image {name} (image_id {iid})'
     height, width, objects = parse_voc_xml(xml_path, where)
     if height is None:
@@ -189,7 +251,9 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
 
 
 def build_voc_source(data_config, split: str) -> records_lib.DetectionSource:
+  names = tuple(data_config.get('class_names', ()) or ()) or None
   return read_voc(
       data_config.root, split,
       exif_transpose=bool(data_config.get('exif_transpose', True)),
-      verify_images=str(data_config.get('verify_images', 'exists')))
+      verify_images=str(data_config.get('verify_images', 'exists')),
+      class_names=names)

@@ -93,15 +93,18 @@ import ml_collections
 from flax import nnx
 
 from frcnn_jax.modeling.layers import conv
+from frcnn_jax.modeling.layers import conv_extent
 from frcnn_jax.modeling.layers import freeze_params
 from frcnn_jax.modeling.layers import FrozenBatchNorm
 from frcnn_jax.modeling.layers import FrozenParam
 from frcnn_jax.modeling.layers import FrozenStat
 from frcnn_jax.modeling.layers import linear_kernel_init
 from frcnn_jax.modeling.layers import make_norm
+from frcnn_jax.modeling.layers import mask_of
 from frcnn_jax.modeling.layers import max_pool
 from frcnn_jax.modeling.layers import NORMS
 from frcnn_jax.modeling.layers import pool_output_size
+from frcnn_jax.modeling.layers import zero_outside
 
 Array = jax.Array
 Dtype = Any
@@ -136,6 +139,7 @@ class Bottleneck(nnx.Module):
                param_dtype: Dtype, rngs: nnx.Rngs):
     out_features = planes * self.expansion
     s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+    self.strides = (s1, s3)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     nkw = dict(gn_groups=gn_groups, **kw)
     self.conv1 = conv(in_features, planes, 1, s1, padding=0, **kw)
@@ -151,13 +155,30 @@ class Bottleneck(nnx.Module):
     else:
       self.downsample = None
 
-  def __call__(self, x: Array) -> Array:
-    out = jax.nn.relu(self.bn1(self.conv1(x)))
-    out = jax.nn.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    shortcut = x if self.downsample is None else self.downsample[1](
-        self.downsample[0](x))
-    return jax.nn.relu(out + shortcut.astype(out.dtype))
+  def __call__(self, x: Array, extent: Array | None = None
+               ) -> tuple[Array, Array | None]:
+    """``(x [B,H,W,C], extent [B,2] or None) -> (y, extent of y)``.
+
+    With an extent, the 3x3 conv's input is zeroed outside it (1x1 convs
+    and the pointwise rest need nothing) and GroupNorm takes its statistics
+    inside it (see ``layers.zero_outside``).
+    """
+    s1, s3 = self.strides
+    e1 = None if extent is None else conv_extent(extent, 1, s1, 0)
+    out = self.conv1(x)
+    out = jax.nn.relu(self.bn1(out, mask=mask_of(out, e1)))
+    out = zero_outside(out, e1)
+    e2 = None if extent is None else conv_extent(e1, 3, s3, 1)
+    out = self.conv2(out)
+    out = jax.nn.relu(self.bn2(out, mask=mask_of(out, e2)))
+    out = self.conv3(out)
+    out = self.bn3(out, mask=mask_of(out, e2))
+    if self.downsample is None:
+      shortcut = x
+    else:
+      shortcut = self.downsample[0](x)
+      shortcut = self.downsample[1](shortcut, mask=mask_of(shortcut, e2))
+    return jax.nn.relu(out + shortcut.astype(out.dtype)), e2
 
 
 class BasicBlock(nnx.Module):
@@ -168,6 +189,7 @@ class BasicBlock(nnx.Module):
                stride_in_1x1: bool, norm: str, gn_groups: int, dtype: Dtype,
                param_dtype: Dtype, rngs: nnx.Rngs):
     del stride_in_1x1  # No 1x1 conv in a basic block.
+    self.stride = stride
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     nkw = dict(gn_groups=gn_groups, **kw)
     self.conv1 = conv(in_features, planes, 3, stride, padding=1, **kw)
@@ -181,12 +203,20 @@ class BasicBlock(nnx.Module):
     else:
       self.downsample = None
 
-  def __call__(self, x: Array) -> Array:
-    out = jax.nn.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    shortcut = x if self.downsample is None else self.downsample[1](
-        self.downsample[0](x))
-    return jax.nn.relu(out + shortcut.astype(out.dtype))
+  def __call__(self, x: Array, extent: Array | None = None
+               ) -> tuple[Array, Array | None]:
+    """As :meth:`Bottleneck.__call__` (both convs are 3x3)."""
+    e1 = None if extent is None else conv_extent(extent, 3, self.stride, 1)
+    out = self.conv1(zero_outside(x, extent))
+    out = jax.nn.relu(self.bn1(out, mask=mask_of(out, e1)))
+    out = self.conv2(zero_outside(out, e1))
+    out = self.bn2(out, mask=mask_of(out, e1))
+    if self.downsample is None:
+      shortcut = x
+    else:
+      shortcut = self.downsample[0](x)
+      shortcut = self.downsample[1](shortcut, mask=mask_of(shortcut, e1))
+    return jax.nn.relu(out + shortcut.astype(out.dtype)), e1
 
 
 BLOCKS = {"bottleneck": Bottleneck, "basic": BasicBlock}
@@ -276,28 +306,37 @@ class ResNet(nnx.Module):
     """
     return FrozenParam
 
-  def _stem(self, x: Array) -> Array:
-    x = jax.nn.relu(self.bn1(self.conv1(x.astype(self.dtype))))
-    if self.stride_in_1x1:
-      return max_pool(x, 3, 2, padding=0, ceil_mode=True)
-    return max_pool(x, 3, 2, padding=1, ceil_mode=False)
+  def _stem(self, x: Array, extent: Array | None):
+    e = None if extent is None else conv_extent(extent, 7, 2, 3)
+    x = self.conv1(x.astype(self.dtype))
+    x = jax.nn.relu(self.bn1(x, mask=mask_of(x, e)))
+    x = zero_outside(x, e)
+    pool = (0, True) if self.stride_in_1x1 else (1, False)
+    x = max_pool(x, 3, 2, padding=pool[0], ceil_mode=pool[1])
+    if e is not None:
+      e = pool_output_size(e, 3, 2, pool[0], pool[1])
+    return x, e
 
-  def trunk(self, x: Array) -> Array:
+  def trunk(self, x: Array, extent: Array | None = None) -> Array:
     """images [B,H,W,3] -> features [B,h,w,trunk_channels] (stride 16).
 
-    Gradients stop after the last frozen stage (stem + layer1..fixed_blocks).
+    ``extent`` [B, 2] int32: each image's size on the canvas (None: no
+    masking, the features depend on the canvas). With it, every activation
+    inside each image's own feature map (``trunk_output_size``) is what the
+    image alone gives, and the features outside are 0. Gradients stop after
+    the last frozen stage (stem + layer1..fixed_blocks).
     """
     stages = [self._stem, self.layer1, self.layer2, self.layer3]
     num_frozen = self.fixed_blocks + 1  # The stem counts as one stage.
     for k, stage in enumerate(stages):
       if isinstance(stage, nnx.List):
         for blk in stage:
-          x = blk(x)
+          x, extent = blk(x, extent)
       else:
-        x = stage(x)
+        x, extent = stage(x, extent)
       if k + 1 == num_frozen:
         x = jax.lax.stop_gradient(x)
-    return x
+    return zero_outside(x, extent)
 
   def head(self, x: Array, *, train: bool = False,
            key: Array | None = None) -> Array:
@@ -309,7 +348,7 @@ class ResNet(nnx.Module):
     del train, key
     x = x.astype(self.dtype)
     for blk in self.layer4:
-      x = blk(x)
+      x, _ = blk(x)
     return jnp.mean(x, axis=(1, 2))
 
 
@@ -390,17 +429,22 @@ class VGG16(nnx.Module):
     """nnx filter matching exactly the frozen parameters (see ResNet)."""
     return FrozenParam
 
-  def trunk(self, x: Array) -> Array:
-    """images [B,H,W,3] -> features [B,h,w,widths[-1]], h = floor^4(H/2)."""
+  def trunk(self, x: Array, extent: Array | None = None) -> Array:
+    """images [B,H,W,3] -> features [B,h,w,widths[-1]], h = floor^4(H/2);
+    every conv's input is zeroed outside the extent (see ResNet.trunk)."""
     x = x.astype(self.dtype)
     for s, n in enumerate(VGG16_STAGE_CONVS):
       for i in range(n):
-        x = jax.nn.relu(getattr(self, f"conv{s + 1}_{i + 1}")(x))
+        conv_ = getattr(self, f"conv{s + 1}_{i + 1}")
+        x = jax.nn.relu(conv_(zero_outside(x, extent)))
       if s < 4:
-        x = max_pool(x, 2, 2, padding=0, ceil_mode=False)
+        x = max_pool(zero_outside(x, extent), 2, 2, padding=0,
+                     ceil_mode=False)
+        if extent is not None:
+          extent = extent // 2
       if s + 1 == self.frozen_stages:
         x = jax.lax.stop_gradient(x)
-    return x
+    return zero_outside(x, extent)
 
   def head(self, x: Array, *, train: bool = False,
            key: Array | None = None) -> Array:
@@ -509,20 +553,25 @@ def build_backbone(backbone_config: ml_collections.ConfigDict, *,
   raise ValueError(f"backbone name must be one of {BACKBONE_NAMES}, got {name!r}")
 
 
-def trunk_output_size(backbone: Backbone, height: int, width: int) -> tuple[int, int]:
-  """(h, w) of `backbone.trunk` for an H x W input, from PyTorch's formulas."""
-  def one(n: int) -> int:
+def trunk_output_size(backbone: Backbone, height, width):
+  """(h, w) of `backbone.trunk` for an H x W input, from PyTorch's formulas.
+
+  ``height`` and ``width`` are Python ints (canvas shapes) or integer arrays
+  (per-image extents on a canvas, traced): the trunk's masks follow the same
+  arithmetic layer by layer.
+  """
+  def one(n):
     if isinstance(backbone, VGG16):
       for _ in range(4):
         n = n // 2
       return n
-    n = (n + 6 - 7) // 2 + 1  # conv1 7x7/2 pad 3.
+    n = conv_extent(n, 7, 2, 3)
     if backbone.stride_in_1x1:
       n = pool_output_size(n, 3, 2, 0, ceil_mode=True)
     else:
       n = pool_output_size(n, 3, 2, 1, ceil_mode=False)
     for _ in range(2):  # layer2, layer3: stride 2 (1x1 pad 0 or 3x3 pad 1).
-      n = (n - 1) // 2 + 1
+      n = conv_extent(n, 3, 2, 1)
     return n
   return one(height), one(width)
 

@@ -31,6 +31,7 @@ import ml_collections
 from flax import nnx
 
 from frcnn_jax.modeling import backbones
+from frcnn_jax.modeling import detector_fpn
 from frcnn_jax.modeling import losses
 from frcnn_jax.modeling import preprocessing
 from frcnn_jax.modeling import roi_heads
@@ -101,6 +102,14 @@ class DetectorSettings:
   pixel_std: tuple = preprocessing.CAFFE_BGR_STDS
   bgr: bool = True
   dtype: Any = jnp.float32
+  # How regression deltas become boxes: 'exact' (the inverse of the
+  # encoding) or 'seed' (faster-rcnn.pytorch's bbox_transform_inv, one pixel
+  # larger on x2, y2): see ops.boxes.decode.
+  box_decode: str = "exact"
+  # Zero everything outside each image's extent before layers that read
+  # neighbours, so that detections do not depend on the canvas or the batch
+  # (modeling/layers.py). Off only to measure what it costs.
+  canvas_masks: bool = True
   # RPN NMS: 'jnp', 'auto' (the Pallas kernel on GPU/TPU, jnp on CPU) or
   # 'pallas' (see ops/pallas_nms.py).
   nms_impl: str = "jnp"
@@ -147,31 +156,49 @@ class FasterRCNN(nnx.Module):
                                                base))
 
   def _features_and_rpn(self, images, im_info):
-    feats = self.backbone.trunk(self.preprocess(images, im_info))
+    """Trunk features, RPN outputs, anchors and each image's feature extent.
+
+    The extent ``[B, 2]`` int32 is the size of the feature map the image
+    alone would give (the seed runs one unpadded image at a time): anchors of
+    cells outside it make no proposals and RoIs are pooled as from a map of
+    that size.
+    """
+    extent = jnp.round(im_info[:, :2]).astype(jnp.int32)
+    feats = self.backbone.trunk(
+        self.preprocess(images, im_info),
+        extent if self.settings.canvas_masks else None)
+    feat_extent = jnp.stack(backbones.trunk_output_size(
+        self.backbone, extent[:, 0], extent[:, 1]), axis=-1)
     logits, deltas = self.rpn(feats)
     anchors = self.anchors(feats.shape[1], feats.shape[2])
-    return feats, logits, deltas, anchors
+    return feats, logits, deltas, anchors, feat_extent
 
-  def _proposals(self, logits, deltas, anchors, im_info, train: bool):
+  def _proposals(self, logits, deltas, anchors, im_info, feat_extent,
+                 feat_hw: tuple[int, int], train: bool):
     r = self.settings.rpn
     fg = jax.nn.softmax(logits, axis=-1)[..., 1]
-    gen = lambda s, d, i: rpn_lib.generate_proposals(
+    num_anchors = self.settings.num_anchors
+    fh, fw = feat_hw
+    gen = lambda s, d, i, e: rpn_lib.generate_proposals(
         s, d, anchors, i,
         pre_nms_top_n=r.pre_nms_top_n if train else r.test_pre_nms_top_n,
         post_nms_top_n=r.post_nms_top_n if train else r.test_post_nms_top_n,
         nms_thresh=r.nms_thresh if train else r.test_nms_thresh,
         min_size=r.min_size if train else r.test_min_size,
-        nms_fn=pallas_nms.select_nms(self.settings.nms_impl))
+        nms_fn=pallas_nms.select_nms(self.settings.nms_impl),
+        anchor_valid=rpn_lib.anchors_in_extent(fh, fw, num_anchors, e),
+        decode_style=self.settings.box_decode)
     return jax.vmap(gen)(jax.lax.stop_gradient(fg),
-                         jax.lax.stop_gradient(deltas), im_info)
+                         jax.lax.stop_gradient(deltas), im_info, feat_extent)
 
-  def _box_head(self, feats, rois, *, train: bool, key=None):
+  def _box_head(self, feats, rois, feat_extent, *, train: bool, key=None):
     r = self.settings.roi
     b, n = rois.shape[:2]
     pooled = roi_heads.pool_rois(
         feats, rois, mode=r.pooling_mode, output_size=r.pooling_size,
         spatial_scale=1.0 / self.settings.feat_stride,
-        sampling_ratio=r.sampling_ratio, aligned=r.aligned)
+        sampling_ratio=r.sampling_ratio, aligned=r.aligned,
+        extent=feat_extent)
     pooled = pooled.reshape((b * n,) + pooled.shape[2:])
     x = self.backbone.head(pooled, train=train, key=key)
     scores, deltas = self.box_predictor(x)
@@ -199,10 +226,11 @@ class FasterRCNN(nnx.Module):
     b = im_info.shape[0]
     k_anchor, k_roi, k_head = jax.random.split(key, 3)
 
-    feats, logits, deltas, anchors = self._features_and_rpn(batch["image"],
-                                                            im_info)
-    proposals, _, proposal_valid = self._proposals(logits, deltas, anchors,
-                                                   im_info, train=True)
+    feats, logits, deltas, anchors, feat_extent = self._features_and_rpn(
+        batch["image"], im_info)
+    proposals, _, proposal_valid = self._proposals(
+        logits, deltas, anchors, im_info, feat_extent, feats.shape[1:3],
+        train=True)
     r = s.rpn
     rpn_t = jax.vmap(lambda k, g, v, i: targets.anchor_targets(
         k, anchors, g, v, i, batch_size=r.batch_size,
@@ -221,7 +249,8 @@ class FasterRCNN(nnx.Module):
         bg_thresh_lo=q.bg_thresh_lo, stds=q.stds, means=q.means))(
             jax.random.split(k_roi, b), proposals, proposal_valid, gt_boxes,
             gt_classes, gt_valid)
-    scores, box_deltas = self._box_head(feats, roi_t["rois"], train=True,
+    scores, box_deltas = self._box_head(feats, roi_t["rois"], feat_extent,
+                                        train=True,
                                         key=k_head)
     box_deltas = roi_heads.select_class_deltas(box_deltas, roi_t["labels"])
     loss_cls, loss_box = losses.rcnn_losses(scores, box_deltas, roi_t,
@@ -250,16 +279,18 @@ class FasterRCNN(nnx.Module):
     """
     s = self.settings
     im_info = im_info.astype(jnp.float32)
-    feats, logits, deltas, anchors = self._features_and_rpn(images, im_info)
+    feats, logits, deltas, anchors, feat_extent = self._features_and_rpn(
+        images, im_info)
     rois, _, rois_valid = self._proposals(logits, deltas, anchors, im_info,
+                                          feat_extent, feats.shape[1:3],
                                           train=False)
-    scores, box_deltas = self._box_head(feats, rois, train=False)
+    scores, box_deltas = self._box_head(feats, rois, feat_extent, train=False)
     probs = jax.nn.softmax(scores, axis=-1)
     t = s.test
     post = lambda r, v, p, d, i: roi_heads.postprocess_detections(
         r, v, p, d, i, stds=s.roi.stds, means=s.roi.means,
         nms_thresh=t.nms_thresh, score_thresh=t.score_thresh,
-        max_detections=t.max_detections)
+        max_detections=t.max_detections, decode_style=s.box_decode)
     return jax.vmap(post)(rois, rois_valid, probs, box_deltas, im_info)
 
 
@@ -313,13 +344,21 @@ def settings_from_config(config: ml_collections.ConfigDict,
       num_classes=num_classes, anchor_scales=tuple(a.scales),
       anchor_ratios=tuple(a.ratios), feat_stride=a.stride,
       pixel_mean=tuple(m.pixel_mean), pixel_std=tuple(m.pixel_std),
-      bgr=m.bgr, dtype=_DTYPES[m.dtype], nms_impl=m.nms_impl, rpn=rpn,
+      bgr=m.bgr, dtype=_DTYPES[m.dtype], nms_impl=m.nms_impl,
+      box_decode=m.get("box_decode", "exact"),
+      canvas_masks=bool(m.get("canvas_masks", True)), rpn=rpn,
       roi=roi, test=test)
 
 
 def build_detector(config: ml_collections.ConfigDict, num_classes: int, *,
                    rngs: nnx.Rngs | None = None) -> FasterRCNN:
-  """A freshly initialised detector for ``config`` (seeded by config.seed)."""
+  """A freshly initialised detector for ``config`` (seeded by config.seed).
+
+  ``config.model.arch == 'fpn'`` builds torchvision's FPN model
+  (:class:`detector_fpn.FasterRCNNFPN`, same ``loss`` / ``predict``).
+  """
+  if config.model.get("arch", "c4") == "fpn":
+    return detector_fpn.build_fpn_detector(config, num_classes, rngs=rngs)
   if rngs is None:
     rngs = nnx.Rngs(config.seed)
   return FasterRCNN(settings_from_config(config, num_classes),

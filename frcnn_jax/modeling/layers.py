@@ -117,13 +117,30 @@ class FrozenBatchNorm(nnx.Module):
     self.mean = FrozenStat(jnp.zeros((num_features,), param_dtype))
     self.var = FrozenStat(jnp.ones((num_features,), param_dtype))
 
-  def __call__(self, x: Array) -> Array:
-    """x [..., C] -> [..., C] in the compute dtype."""
+  def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+    """x [..., C] -> [..., C] in the compute dtype (pointwise: ``mask``,
+    accepted for symmetry with :class:`MaskedGroupNorm`, is not needed)."""
+    del mask
     get = lambda v: jax.lax.stop_gradient(v[...].astype(jnp.float32))
     factor = get(self.scale) * jax.lax.rsqrt(get(self.var) + self.epsilon)
     offset = get(self.bias) - get(self.mean) * factor
     x = x.astype(self.dtype)
     return x * factor.astype(self.dtype) + offset.astype(self.dtype)
+
+
+class MaskedGroupNorm(nnx.GroupNorm):
+  """GroupNorm whose statistics may come from a region only (``mask``).
+
+  ``mask`` [B, H, W, 1] bool (the image's extent on its canvas) broadcasts
+  over channels; statistics over the masked-in positions make the output
+  there independent of the canvas the image was placed on. Same variables
+  (and checkpoints) as ``nnx.GroupNorm``.
+  """
+
+  def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, x.shape)
+    return super().__call__(x, mask=mask)
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -149,7 +166,7 @@ def make_norm(norm: str, num_features: int, *, gn_groups: int, dtype: Dtype,
   if norm == "frozen_bn":
     return FrozenBatchNorm(num_features, dtype=dtype, param_dtype=param_dtype)
   if norm == "group":
-    return nnx.GroupNorm(
+    return MaskedGroupNorm(
         num_features, num_groups=_largest_divisor_at_most(num_features, gn_groups),
         epsilon=GN_EPSILON, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -166,17 +183,56 @@ def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, *,
       bias_init=jax.nn.initializers.zeros, rngs=rngs)
 
 
-def pool_output_size(n: int, kernel: int, stride: int, padding: int,
-                     ceil_mode: bool) -> int:
-  """PyTorch MaxPool2d output size along one axis (incl. its ceil-mode rule)."""
+def pool_output_size(n, kernel: int, stride: int, padding: int,
+                     ceil_mode: bool):
+  """PyTorch MaxPool2d output size along one axis (incl. its ceil-mode rule).
+
+  ``n`` is a Python int or an integer array (per-image extents, traced).
+  """
   if ceil_mode:
     out = -(-(n + 2 * padding - kernel) // stride) + 1
     # PyTorch drops a last window that would start in the right padding.
-    if (out - 1) * stride >= n + padding:
-      out -= 1
-  else:
-    out = (n + 2 * padding - kernel) // stride + 1
-  return out
+    return out - ((out - 1) * stride >= n + padding) * 1
+  return (n + 2 * padding - kernel) // stride + 1
+
+
+# -- canvas extents ---------------------------------------------------------
+#
+# An image sits top-left on a canvas (its batch's bucket). Its *extent* at a
+# layer, [B, 2] int32 (rows, cols), is the size that layer's output would
+# have for the image alone, by PyTorch's size formulas. Zeroing what lies
+# outside the extent before every layer that reads neighbours (convolutions
+# wider than 1x1, max pools) and taking normalisation statistics inside it
+# makes every activation inside the extent exactly what the image alone,
+# zero-padded at its own border, gives: detections do not depend on the
+# canvas or on the other images of the batch.
+
+def conv_extent(extent, kernel: int, stride: int, padding: int):
+  """Extent after a kernel x kernel / stride conv with symmetric padding."""
+  return (extent + 2 * padding - kernel) // stride + 1
+
+
+def extent_mask(extent: Array, height: int, width: int) -> Array:
+  """bool [B, height, width, 1]: True inside each image's extent [B, 2]."""
+  rows = jnp.arange(height, dtype=jnp.int32)[None, :, None, None]
+  cols = jnp.arange(width, dtype=jnp.int32)[None, None, :, None]
+  return ((rows < extent[:, 0, None, None, None]) &
+          (cols < extent[:, 1, None, None, None]))
+
+
+def zero_outside(x: Array, extent: Array | None) -> Array:
+  """``x`` [B, H, W, C] with everything outside ``extent`` set to 0."""
+  if extent is None:
+    return x
+  return jnp.where(extent_mask(extent, x.shape[1], x.shape[2]), x,
+                   jnp.zeros((), x.dtype))
+
+
+def mask_of(x: Array, extent: Array | None) -> Array | None:
+  """The extent's mask for ``x``'s spatial shape (None without an extent)."""
+  if extent is None:
+    return None
+  return extent_mask(extent, x.shape[1], x.shape[2])
 
 
 def max_pool(x: Array, kernel: int, stride: int, padding: int,

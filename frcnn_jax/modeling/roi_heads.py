@@ -21,6 +21,7 @@ from flax import nnx
 from ops import boxes as box_ops
 from ops import nms as nms_ops
 from ops import roi_align as roi_ops
+from ops import roi_crop
 
 
 class BoxPredictor(nnx.Module):
@@ -49,28 +50,46 @@ class BoxPredictor(nnx.Module):
     return scores, deltas.reshape(x.shape[0], -1, 4)
 
 
+POOLING_MODES = ("align", "pool", "crop")
+
+
 def pool_rois(features, rois, *, mode: str, output_size: int,
               spatial_scale: float, sampling_ratio: int = 0,
-              aligned: bool = False):
+              aligned: bool = False, extent=None):
   """Pools every image's RoIs from its own feature map.
 
   Args:
     features: ``[B, H, W, C]``.
     rois: ``[B, R, 4]`` network-input pixels (no gradient flows to them).
-    mode: ``'align'`` (RoIAlign, the seed's default) or ``'pool'`` (RoIPool).
+    mode: ``'align'`` (RoIAlign, the seed's ``res101.yml``), ``'pool'``
+      (RoIPool, ``vgg16.yml``) or ``'crop'`` (the seed's RoI crop: affine grid,
+      bilinear sampling, 2x2 max pool; ``config.py``'s default).
+    extent: ``[B, 2]`` int32 size of each image's own feature map on the
+      canvas, or None (the whole canvas). RoIAlign and RoI crop then sample
+      as the seed does from a map of that size (the last row/column is the
+      image's, not the canvas padding's). RoIPool needs nothing: its bins are
+      maxima of ReLU features, which are >= 0 = the masked padding.
 
   Returns:
     ``[B, R, oh, ow, C]`` in the features' dtype.
   """
   rois = jax.lax.stop_gradient(rois)
+  if extent is None:
+    extent = jnp.broadcast_to(jnp.asarray(features.shape[1:3], jnp.int32),
+                              (features.shape[0], 2))
   if mode == "align":
-    fn = lambda f, r: roi_ops.roi_align(f, r, output_size, spatial_scale,
-                                        sampling_ratio, aligned=aligned)
+    fn = lambda f, r, e: roi_ops.roi_align(f, r, output_size, spatial_scale,
+                                           sampling_ratio, aligned=aligned,
+                                           valid_size=e)
   elif mode == "pool":
-    fn = lambda f, r: roi_ops.roi_pool(f, r, output_size, spatial_scale)
+    fn = lambda f, r, e: roi_ops.roi_pool(f, r, output_size, spatial_scale)
+  elif mode == "crop":
+    fn = lambda f, r, e: roi_crop.roi_crop(f, r, output_size, spatial_scale,
+                                           valid_size=e)
   else:
-    raise ValueError(f"pooling mode must be 'align' or 'pool', got {mode!r}")
-  return jax.vmap(fn)(features, rois)
+    raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got "
+                     f"{mode!r}")
+  return jax.vmap(fn)(features, rois, extent)
 
 
 def select_class_deltas(deltas, labels):
@@ -94,7 +113,8 @@ def postprocess_detections(rois, rois_valid, cls_prob, deltas, im_info, *,
                            means=(0.0, 0.0, 0.0, 0.0),
                            nms_thresh: float = 0.3,
                            score_thresh: float = 0.0,
-                           max_detections: int = 100):
+                           max_detections: int = 100,
+                           decode_style: str = "exact"):
   """Final detections of one image, as the seed's ``test_net``.
 
   Deltas are un-normalised (``* stds + means``) and decoded per class against
@@ -117,7 +137,8 @@ def postprocess_detections(rois, rois_valid, cls_prob, deltas, im_info, *,
   k = cls_prob.shape[-1]
   deltas = deltas * jnp.asarray(stds, jnp.float32) + jnp.asarray(
       means, jnp.float32)
-  boxes = box_ops.decode(deltas, rois[:, None, :])          # [R, K', 4]
+  boxes = box_ops.decode(deltas, rois[:, None, :],
+                         style=decode_style)              # [R, K', 4]
   boxes = box_ops.clip(boxes, im_info[0], im_info[1]) / im_info[2]
   boxes = jnp.broadcast_to(boxes, (rois.shape[0], k, 4))
   scores = jnp.where(rois_valid[:, None], cls_prob, -jnp.inf)

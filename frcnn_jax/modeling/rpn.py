@@ -64,16 +64,30 @@ class RPNHead(nnx.Module):
     return logits.reshape(b, h * w * a, 2), deltas.reshape(b, h * w * a, 4)
 
 
+def anchors_in_extent(height: int, width: int, num_anchors: int,
+                      extent) -> jax.Array:
+  """bool ``[height * width * num_anchors]``: the anchors of the cells of a
+  ``height x width`` map (cell-major, anchor-minor) inside ``extent``
+  ``[2]`` (rows, cols): those an image's own feature map has."""
+  rows = jnp.arange(height)[:, None] < extent[0]
+  cols = jnp.arange(width)[None, :] < extent[1]
+  return jnp.repeat((rows & cols).reshape(-1), num_anchors)
+
+
 def generate_proposals(scores, deltas, anchors, im_info, *,
                        pre_nms_top_n: int, post_nms_top_n: int,
                        nms_thresh: float = 0.7, min_size: float = 0.0,
-                       nms_fn=nms_ops.nms):
+                       nms_fn=nms_ops.nms, anchor_valid=None,
+                       decode_style: str = "exact"):
   """Proposals of one image, as the seed's ``_ProposalLayer``.
 
-  Decode every anchor, clip to the image's real content (``im_info``),
-  optionally drop boxes smaller than ``min_size * scale`` (the seed leaves
-  this off: ``min_size = 0``), keep the ``pre_nms_top_n`` best scores, apply
-  NMS at ``nms_thresh`` and keep at most ``post_nms_top_n``.
+  Decode every anchor (``decode_style``: see ``ops.boxes.decode``), clip to
+  the image's real content (``im_info``), optionally drop boxes smaller than
+  ``min_size * scale`` (the seed leaves this off: ``min_size = 0``), keep the
+  ``pre_nms_top_n`` best scores, apply NMS at ``nms_thresh`` and keep at most
+  ``post_nms_top_n``. Anchors with ``anchor_valid`` False (cells of the canvas
+  outside the image's own feature map, which the seed's single-image map does
+  not have) are never proposed.
 
   Args:
     scores: ``[N]`` foreground probabilities.
@@ -90,8 +104,11 @@ def generate_proposals(scores, deltas, anchors, im_info, *,
     rows are zero boxes with score 0 and ``valid`` False. NaN scores are
     never selected.
   """
-  boxes = box_ops.clip(box_ops.decode(deltas, anchors), im_info[0], im_info[1])
+  boxes = box_ops.clip(box_ops.decode(deltas, anchors, style=decode_style),
+                       im_info[0], im_info[1])
   scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+  if anchor_valid is not None:
+    scores = jnp.where(anchor_valid, scores, -jnp.inf)
   if min_size > 0:
     w, h = box_ops.widths_heights(boxes)
     big = (w >= min_size * im_info[2]) & (h >= min_size * im_info[2])

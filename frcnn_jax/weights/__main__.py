@@ -5,6 +5,9 @@
         --kind=caffe_resnet101 --out=/path/r101_caffe
     python -m frcnn_jax.weights convert --from=faster_rcnn_1_7_10021.pth \\
         --kind=faster_rcnn_pytorch_res101 --classes=voc --out=/path/frcnn_r101
+    python -m frcnn_jax.weights convert \
+        --from=fasterrcnn_resnet50_fpn_coco-258fb6c6.pth \
+        --kind=torchvision_fasterrcnn_resnet50_fpn --out=/path/tv_r50_fpn
 
 The one place of the weights package that reads ``configs/`` (to say which
 config and overrides evaluate a converted detector).
@@ -28,6 +31,7 @@ from frcnn_jax.weights.identify import guess_kind
 from frcnn_jax.weights.identify import guess_network
 from frcnn_jax.weights.kinds import ALL_KINDS
 from frcnn_jax.weights.kinds import DETECTOR_KINDS
+from frcnn_jax.weights.kinds import TORCHVISION_DETECTOR_KINDS
 
 _SHORT = {"resnet50": "res50", "resnet101": "res101", "resnet152": "res152",
           "vgg16": "vgg16"}
@@ -40,6 +44,14 @@ def evaluate_command(out: str, classes: str) -> str | None:
   if not steps:
     return None
   meta = checkpoints.read_step_meta(ckpt, steps[-1])
+  tv = TORCHVISION_DETECTOR_KINDS.get(meta.get("kind", ""))
+  if tv is not None:
+    path = ("configs/coco_r50_fpn_v2.py" if tv.variant == "v2" else
+            "configs/coco_r50_fpn.py")
+    line = f"  evaluate: python eval.py --config={path} --workdir={out}"
+    if meta.get("num_classes") != 91:
+      line += " (with your dataset's data.* settings)"
+    return line
   kind = DETECTOR_KINDS.get(meta.get("kind", ""))
   if kind is None:
     return None
@@ -65,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   conv.add_argument("--out", required=True, help="output directory")
   conv.add_argument("--classes", default="",
                     help="detectors: voc | coco | name1,name2,... (background "
-                    "first or implied)")
+                    "first or implied); torchvision detectors: coco91 (the "
+                    "default for 91 slots) or a list in slot order")
   insp = sub.add_parser("inspect", help="describe a .pth file")
   insp.add_argument("--from", dest="src", required=True, help=".pth file")
   args = parser.parse_args(argv)
@@ -85,5 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def run():
+  """The console script ``frcnn-weights``."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

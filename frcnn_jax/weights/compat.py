@@ -104,12 +104,13 @@ def check_preprocessing(config: ml_collections.ConfigDict, prep: Preprocessing,
 # Keys that change what the weights compute: a checkpoint evaluated (or
 # fine-tuned) with other values gives wrong results or does not load.
 MODEL_KEYS = ("backbone", "model.bgr", "model.pixel_mean", "model.pixel_std",
-              "rpn.conv_channels", "num_anchors", "roi")
+              "rpn.conv_channels", "num_anchors", "roi", "model.arch", "fpn")
 
 # The part a new run started from a checkpoint must share with it (the heads
 # may change: other classes, anchors or pooling).
 ARCHITECTURE_KEYS = ("backbone", "model.bgr", "model.pixel_mean",
-                     "model.pixel_std", "rpn.conv_channels")
+                     "model.pixel_std", "rpn.conv_channels", "model.arch",
+                     "fpn.variant", "fpn.out_channels")
 
 def implied_config_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
   """The model-defining config values recorded with a checkpoint.
@@ -151,16 +152,51 @@ def implied_config_from_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     put("backbone.tiny_widths")
     put("backbone.tiny_blocks")
   for key in ("model.bgr", "model.pixel_mean", "model.pixel_std",
-              "rpn.conv_channels", "roi.class_agnostic", "roi.pooling_mode",
-              "roi.pooling_size"):
+              "model.box_decode", "rpn.conv_channels", "roi.class_agnostic",
+              "roi.pooling_mode", "roi.pooling_size"):
     put(key)
   if get("roi.pooling_mode") == "align":
     put("roi.sampling_ratio")
     put("roi.aligned")
   scales, ratios = get("anchors.scales"), get("anchors.ratios")
-  if scales is not None and ratios is not None:
-    out["num_anchors"] = len(scales) * len(ratios)
+  if get("model.arch") == "fpn":   # torchvision's FPN models
+    for key in ("model.arch", "fpn.variant", "fpn.out_channels",
+                "fpn.representation_size", "fpn.head_convs"):
+      put(key)
+  else:
+    put("model.arch")   # 'c4' (absent in checkpoints of older versions)
+    if scales is not None and ratios is not None:
+      out["num_anchors"] = len(scales) * len(ratios)
   return out
+
+# Settings that belong to the weights and show in no array's shape: a
+# checkpoint is only right with the values it was trained with, so inference
+# takes them from the checkpoint instead of asking for an override.
+ADOPTED_KEYS = ("model.box_decode",)
+
+
+def adopt_checkpoint_settings(config: ml_collections.ConfigDict,
+                              meta: Mapping[str, Any], where: str
+                              ) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the ADOPTED_KEYS the checkpoint records.
+
+  A checkpoint that records none (older runs: trained with the defaults)
+  leaves the config as it is. Changed values are logged.
+  """
+  implied = implied_config_from_meta(meta)
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key in ADOPTED_KEYS:
+    if key not in implied or _same(_config_value(config, key), implied[key]):
+      continue
+    node = out
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    log.info("%s was trained with %s=%r: using it (the config says %r)",
+             where, key, implied[key], _config_value(config, key))
+    node[leaf] = implied[key]
+  return out
+
 
 def check_config_against_checkpoint(
     config: ml_collections.ConfigDict, meta: Mapping[str, Any], *,
@@ -174,12 +210,13 @@ def check_config_against_checkpoint(
   settings passes. A faster-rcnn.pytorch checkpoint trained with a pooling
   mode we lack ('crop') is logged as a warning.
   """
-  implied = implied_config_from_meta(meta)
+  implied = {k: v for k, v in implied_config_from_meta(meta).items()
+             if k not in ADOPTED_KEYS}
   bad = config_mismatches(config, implied, keys)
   if bad:
     raise ConfigMismatchError(_mismatch_message(where, bad))
   pm = (meta.get("checkpoint") or {}).get("pooling_mode")
-  if isinstance(pm, str) and pm not in ("align", "pool"):
+  if isinstance(pm, str) and pm not in ("align", "pool", "crop"):
     log.warning("%s was trained with pooling_mode %r, which frcnn-jax does "
                 "not implement; using config.roi.pooling_mode=%r: results "
                 "differ from PyTorch's", where, pm, config.roi.pooling_mode)

@@ -7,6 +7,7 @@ from flax import nnx
 
 from frcnn_jax.modeling import backbones
 from frcnn_jax.weights import torch_io
+from frcnn_jax.weights import torchvision_frcnn
 from frcnn_jax.weights.backbone import load_backbone_state_dict
 from frcnn_jax.weights.backbone import save_backbone_weights
 from frcnn_jax.weights.frcnn_pytorch import convert_detector_file
@@ -14,6 +15,7 @@ from frcnn_jax.weights.identify import guess_kind
 from frcnn_jax.weights.kinds import ALL_KINDS
 from frcnn_jax.weights.kinds import backbone_config_for_kind
 from frcnn_jax.weights.kinds import is_detector_kind
+from frcnn_jax.weights.kinds import is_torchvision_detector_kind
 from frcnn_jax.weights.kinds import kind_info
 
 
@@ -35,6 +37,8 @@ def convert_file(src: str, kind: str, out: str, classes: str = "") -> str:
     if kind is None:
       raise ValueError(f"{src}: the kind cannot be told from the keys; pass "
                        f"--kind, one of {cands or list(ALL_KINDS)}")
+  if is_torchvision_detector_kind(kind):
+    return torchvision_frcnn.convert_file(src, kind, out, classes)
   if is_detector_kind(kind):
     if not classes:
       raise ValueError("a detector checkpoint needs --classes=voc, "

@@ -37,6 +37,7 @@ from frcnn_jax import checkpoints
 from frcnn_jax.data import class_names as class_lists
 from frcnn_jax.modeling import backbones
 from frcnn_jax.modeling import detector as detector_lib
+from frcnn_jax.modeling.roi_heads import POOLING_MODES
 from frcnn_jax.weights import torch_io
 from frcnn_jax.weights.arrays import assign_arrays
 from frcnn_jax.weights.arrays import convert_state_dict
@@ -123,7 +124,7 @@ def detector_for_checkpoint(info: DetectorCheckpointInfo, *,
     raise ValueError(f"{info.describe()}: its block counts match no "
                      f"ResNet depth {dict(backbones.RESNET_STAGE_BLOCKS)}")
   scales, ratios = _anchor_layout(info.num_anchors)
-  pm = info.pooling_mode if info.pooling_mode in ("align", "pool") else "align"
+  pm = info.pooling_mode if info.pooling_mode in POOLING_MODES else "align"
   settings = detector_lib.DetectorSettings(
       num_classes=info.num_classes, anchor_scales=scales, anchor_ratios=ratios,
       rpn=detector_lib.RPNSettings(conv_channels=info.rpn_channels),
@@ -244,7 +245,9 @@ def detector_implied_config(info: DetectorCheckpointInfo) -> dict[str, Any]:
   out["num_anchors"] = info.num_anchors
   out["roi.class_agnostic"] = info.class_agnostic
   out["roi.pooling_size"] = 7
-  if info.pooling_mode in ("align", "pool"):
+  # Trained with bbox_transform_inv: its boxes are only right decoded so.
+  out["model.box_decode"] = "seed"
+  if info.pooling_mode in POOLING_MODES:
     out["roi.pooling_mode"] = info.pooling_mode
     if info.pooling_mode == "align":
       out["roi.sampling_ratio"] = 0
@@ -300,7 +303,7 @@ def convert_detector_file(src: str, kind: str, out: str, classes: str) -> str:
                 info.extras["class_agnostic"], info.class_agnostic)
   implied = detector_implied_config(info)
   notes = []
-  if info.pooling_mode not in (None, "align", "pool"):
+  if info.pooling_mode not in (None,) + POOLING_MODES:
     notes.append(f"trained with pooling_mode {info.pooling_mode!r}, which "
                  f"frcnn-jax does not implement; 'align' is the closest")
   if info.pooling_mode is None:

@@ -19,6 +19,7 @@ from frcnn_jax.weights.arrays import WeightImportError
 from frcnn_jax.weights.kinds import AUTO_DETECTOR_KIND
 from frcnn_jax.weights.kinds import detector_kind_for_backbone
 from frcnn_jax.weights.kinds import KINDS
+from frcnn_jax.weights.kinds import TORCHVISION_DETECTOR_KINDS
 
 
 def block_counts(state_dict: Mapping[str, Any],
@@ -41,6 +42,9 @@ def resnet_name_for_blocks(blocks: Sequence[int]) -> str | None:
 def guess_network(state_dict: Mapping[str, Any]) -> str:
   """A human description of what a state dict looks like (for error hints)."""
   keys = list(state_dict)
+  if any(k.startswith("backbone.fpn.") for k in keys):
+    v2 = "backbone.fpn.inner_blocks.0.1.weight" in state_dict
+    return f"a torchvision Faster R-CNN FPN {'v2' if v2 else 'v1'} state dict"
   if any(k.startswith("RCNN_base.") for k in keys):
     try:
       return analyze_detector_state_dict(state_dict).describe()
@@ -152,7 +156,14 @@ def guess_kind(state_dict: Mapping[str, Any]) -> tuple[str | None, list[str]]:
   ResNet-50/152 ImageNet files (only torchvision's exist). ResNet-101 and
   VGG16 ImageNet files look the same from torchvision and from caffe
   (different preprocessing and stride placement): None and both candidates.
+  torchvision's Faster R-CNN FPN state dicts (backbone.fpn.*) are v1 or v2
+  (v2 has BatchNorm after the FPN convs).
   """
+  if any(k.startswith("backbone.fpn.") for k in state_dict):
+    v2 = "backbone.fpn.inner_blocks.0.1.weight" in state_dict
+    kinds = [k for k, v in TORCHVISION_DETECTOR_KINDS.items()
+             if v.variant == ("v2" if v2 else "v1")]
+    return kinds[0], []
   if any(k.startswith("RCNN_base.") for k in state_dict):
     try:
       info = analyze_detector_state_dict(state_dict)

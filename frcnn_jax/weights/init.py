@@ -12,6 +12,7 @@ from flax import nnx
 
 from frcnn_jax import checkpoints
 from frcnn_jax.weights import torch_io
+from frcnn_jax.weights import torchvision_frcnn
 from frcnn_jax.weights.arrays import assign_arrays
 from frcnn_jax.weights.arrays import WeightImportError
 from frcnn_jax.weights.backbone import check_backbone_fits_kind
@@ -21,7 +22,9 @@ from frcnn_jax.weights.backbone import restore_backbone_weights
 from frcnn_jax.weights.compat import ARCHITECTURE_KEYS
 from frcnn_jax.weights.compat import check_config_against_checkpoint
 from frcnn_jax.weights.compat import check_preprocessing
+from frcnn_jax.weights.compat import config_mismatches
 from frcnn_jax.weights.compat import ConfigMismatchError
+from frcnn_jax.weights.compat import override_flag
 from frcnn_jax.weights.frcnn_pytorch import check_backbone_fits_detector
 from frcnn_jax.weights.frcnn_pytorch import load_detector_state_dict
 from frcnn_jax.weights.frcnn_pytorch import REINITIALIZABLE
@@ -33,6 +36,8 @@ from frcnn_jax.weights.kinds import AUTO_DETECTOR_KIND
 from frcnn_jax.weights.kinds import CAFFE_PREPROCESSING
 from frcnn_jax.weights.kinds import DETECTOR_KINDS
 from frcnn_jax.weights.kinds import is_detector_kind
+from frcnn_jax.weights.kinds import is_torchvision_detector_kind
+from frcnn_jax.weights.kinds import TORCHVISION_PREPROCESSING
 from frcnn_jax.weights.kinds import kind_info
 
 log = logging.getLogger(__name__)
@@ -99,6 +104,8 @@ def initialize_model(model, config: ml_collections.ConfigDict) -> str | None:
       or, when the keys identify it, without (ResNet-50/152);
     * a faster-rcnn.pytorch detector .pth (kind read from the keys, or
       config.init_from_kind = 'faster_rcnn_pytorch_res101', ...);
+    * a torchvision Faster R-CNN FPN .pth (v1 / v2 read from the keys) for
+      an FPN config (model.arch='fpn');
     * a frcnn-jax checkpoint: a train workdir, its checkpoints folder, or a
       converted detector folder (the newest step's model).
   For whole detectors, the class-score / box-delta layers (and the RPN's
@@ -174,6 +181,8 @@ def _init_from_pth(model, config, path, kind, where) -> str:
           f"{where}: {guess_network(sd)}; its kind cannot be told from the "
           f"keys: set config.init_from_kind to one of "
           f"{cands or list(ALL_KINDS)}")
+  if is_torchvision_detector_kind(kind):
+    return _init_from_torchvision_detector(model, config, path, sd, where)
   if not is_detector_kind(kind):
     check_backbone_fits_kind(model.backbone, kind)
     check_preprocessing(config, kind_info(kind).preprocessing, where)
@@ -190,5 +199,22 @@ def _init_from_pth(model, config, path, kind, where) -> str:
   check_backbone_fits_detector(model.backbone)
   check_preprocessing(config, CAFFE_PREPROCESSING, where)
   skipped = load_detector_state_dict(model, sd, reinit_mismatched_heads=True)
+  _log_skipped(where, skipped)
+  return f"whole detector from {path} ({info.describe()})"
+
+
+def _init_from_torchvision_detector(model, config, path, sd, where) -> str:
+  info = torchvision_frcnn.analyze_state_dict(sd)
+  want = torchvision_frcnn.implied_config(info)
+  bad = config_mismatches(config, {k: want[k] for k in (
+      "model.arch", "fpn.variant", "backbone.name")})
+  if bad:
+    raise ConfigMismatchError(
+        f"{where} is {info.describe()}: use an FPN config "
+        "(configs/coco_r50_fpn*.py) with "
+        + " ".join(override_flag(k, w) for k, _, w in bad))
+  check_preprocessing(config, TORCHVISION_PREPROCESSING, where)
+  skipped = torchvision_frcnn.load_state_dict(model, sd,
+                                              reinit_mismatched_heads=True)
   _log_skipped(where, skipped)
   return f"whole detector from {path} ({info.describe()})"

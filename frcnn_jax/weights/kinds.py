@@ -1,9 +1,10 @@
 """Kinds of pretrained files: the network each fits and its preprocessing.
 
 ImageNet backbones (``KINDS``: torchvision ResNet-50/101/152 and VGG16,
-faster-rcnn.pytorch's caffe ResNet-101 and VGG16) and whole
+faster-rcnn.pytorch's caffe ResNet-101 and VGG16), whole
 faster-rcnn.pytorch detectors (``DETECTOR_KINDS``, or
-``AUTO_DETECTOR_KIND`` to read the network from the keys). Every
+``AUTO_DETECTOR_KIND`` to read the network from the keys) and torchvision's
+Faster R-CNN FPN detectors (``TORCHVISION_DETECTOR_KINDS``, v1 and v2). Every
 faster-rcnn.pytorch network is fed BGR 0..255 minus its PIXEL_MEANS
 (``CAFFE_PREPROCESSING``).
 """
@@ -95,11 +96,33 @@ DETECTOR_KINDS: dict[str, DetectorKind] = {
 # The network is read from the checkpoint's keys.
 AUTO_DETECTOR_KIND = "faster_rcnn_pytorch"
 
+
+@dataclasses.dataclass(frozen=True)
+class TorchvisionDetectorKind:
+  """A torchvision Faster R-CNN FPN state dict (``model.state_dict()``)."""
+  variant: str   # 'v1' | 'v2' (modeling.detector_fpn.VARIANTS)
+  backbone: str  # resnet50 | resnet101 | resnet152 (read from the keys)
+  description: str
+  preprocessing: Preprocessing = TORCHVISION_PREPROCESSING
+
+TORCHVISION_DETECTOR_KINDS: dict[str, TorchvisionDetectorKind] = {
+    "torchvision_fasterrcnn_resnet50_fpn": TorchvisionDetectorKind(
+        "v1", "resnet50", "torchvision fasterrcnn_resnet50_fpn (e.g. "
+        "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth)"),
+    "torchvision_fasterrcnn_resnet50_fpn_v2": TorchvisionDetectorKind(
+        "v2", "resnet50", "torchvision fasterrcnn_resnet50_fpn_v2 (e.g. "
+        "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth)"),
+}
+
 ALL_KINDS = tuple(sorted(KINDS)) + tuple(sorted(DETECTOR_KINDS)) + (
-    AUTO_DETECTOR_KIND,)
+    AUTO_DETECTOR_KIND,) + tuple(sorted(TORCHVISION_DETECTOR_KINDS))
 
 def is_detector_kind(kind: str) -> bool:
+  """A faster-rcnn.pytorch detector kind (not torchvision's)."""
   return kind == AUTO_DETECTOR_KIND or kind in DETECTOR_KINDS
+
+def is_torchvision_detector_kind(kind: str) -> bool:
+  return kind in TORCHVISION_DETECTOR_KINDS
 
 def detector_kind_for_backbone(name: str) -> str:
   for k, v in DETECTOR_KINDS.items():

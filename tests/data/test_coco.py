@@ -11,7 +11,10 @@ from frcnn_jax.data import coco
 from frcnn_jax.data import default_data_config
 from frcnn_jax.data import loader
 from frcnn_jax.data import records as S
-from frcnn_jax.data.testing import write_coco, write_image
+from frcnn_jax.data.testing import coco_like_detections
+from frcnn_jax.data.testing import write_coco
+from frcnn_jax.data.testing import write_coco_like
+from frcnn_jax.data.testing import write_image
 
 
 def img(iid, h=40, w=60, name=None):
@@ -416,3 +419,76 @@ def test_json_without_annotations_is_an_image_list(tmp_path, caplog):
   # An empty annotation list is a dataset without objects, not an image list.
   write_coco(tmp_path, 'e', [img(1)], [])
   assert read(tmp_path, 'e').has_annotations
+
+
+# --- one read, same ground truth as the file ---------------------------------
+
+
+def _cocoeval_stats(gt, dets):
+  import contextlib
+  from pycocotools.cocoeval import COCOeval
+  e = COCOeval(gt, gt.loadRes([dict(d) for d in dets]), 'bbox')
+  with contextlib.redirect_stdout(io.StringIO()):
+    e.evaluate(), e.accumulate(), e.summarize()
+  return e.stats
+
+
+def _coco_like(tmp_path, **kw):
+  path = tmp_path / 'annotations' / 'instances_s.json'
+  write_coco_like(str(path), 120, 900, seed=1, **kw)
+  return path
+
+
+def test_coco_gt_equals_pycocotools_reading_the_file(tmp_path):
+  from pycocotools.coco import COCO
+  path = _coco_like(tmp_path)
+  import contextlib
+  with contextlib.redirect_stdout(io.StringIO()):
+    ref = COCO(str(path))
+  src = read(tmp_path, verify_images='none')
+  gt = src.coco_gt()
+  keys = ('id', 'image_id', 'category_id', 'bbox', 'area', 'iscrowd')
+  assert ([[a[k] for k in keys] for a in gt.dataset['annotations']] ==
+          [[a[k] for k in keys] for a in ref.dataset['annotations']])
+  assert ([(i['id'], i['height'], i['width'], i['file_name'])
+           for i in gt.dataset['images']] ==
+          [(i['id'], i['height'], i['width'], i['file_name'])
+           for i in ref.dataset['images']])
+  assert gt.dataset['categories'] == ref.dataset['categories']
+  assert src.stats['box_crowd'] > 0  # Crowd boxes: out of training, in GT.
+  dets = coco_like_detections(ref.dataset, 30, seed=2)
+  np.testing.assert_array_equal(_cocoeval_stats(gt, dets),
+                                _cocoeval_stats(ref, dets))
+
+
+def test_fast_and_per_entry_paths_agree(tmp_path):
+  import json
+  path = _coco_like(tmp_path)
+  fast = read(tmp_path, verify_images='none')
+  d = json.load(open(path))
+  # Valid values the vectorised checks leave to the per-entry pass.
+  d['images'][3]['height'] = float(d['images'][3]['height'])
+  d['annotations'][7]['image_id'] = float(d['annotations'][7]['image_id'])
+  d['annotations'][8]['iscrowd'] = False
+  json.dump(d, open(path, 'w'))
+  slow = read(tmp_path, verify_images='none')
+  assert [(r.image_id, r.path, r.height, r.width) for r in slow.records] == [
+      (r.image_id, r.path, r.height, r.width) for r in fast.records]
+  for a, b in zip(slow.records, fast.records):
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.classes, b.classes)
+  assert slow.stats.as_dict() == fast.stats.as_dict()
+  assert (slow.coco_gt().dataset['annotations'] ==
+          fast.coco_gt().dataset['annotations'])
+
+
+@pytest.mark.parametrize('entry, pattern', [
+    (5, r'annotations\[1\] \(annotation id 1\): expected an object, got int'),
+    ({'id': 4, 'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 2, 2],
+      'area': 'big'}, r'annotations\[1\] \(annotation id 4, image_id 1\): '
+     r'field "area" must be a number'),
+])
+def test_bad_entries_are_named(tmp_path, entry, pattern):
+  write_coco(tmp_path, 's', [img(1)], [ann(1, 1, [1, 1, 4, 4]), entry])
+  with pytest.raises(S.DataError, match=pattern):
+    read(tmp_path)

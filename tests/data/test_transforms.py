@@ -275,3 +275,49 @@ def test_params_validation():
   c.max_size = 500
   with pytest.raises(ValueError, match='max_size'):
     T.TransformParams.from_config(c)
+
+
+# --- the seed configs' input rule (no cap, OpenCV float resize) -------------
+
+# 12 typical photograph sizes (h, w): VOC and COCO's common shapes, square,
+# and the extreme ratios the training crop bounds.
+TYPICAL = [(281, 500), (500, 375), (375, 500), (333, 500), (500, 333),
+           (480, 640), (640, 480), (427, 640), (640, 427), (612, 612),
+           (683, 1024), (300, 1000)]
+
+
+def _seed_params():
+  from configs import pascal_voc  # pylint: disable=g-import-not-at-top
+  return T.TransformParams.from_config(pascal_voc.voc_config('resnet101').data)
+
+
+@pytest.mark.parametrize('h,w', TYPICAL)
+def test_seed_configs_resize_as_the_seed(h, w):
+  """Evaluation: cv2.resize(fx=fy=600/min(h, w)) sizes, no cap; training:
+  the same after the crop to w/h in [0.5, 2], so at most 600 x 1200."""
+  cv2 = pytest.importorskip('cv2')
+  p = _seed_params()
+  assert p.max_size == 0 and p.resize == 'cv2'
+  s = 600.0 / min(h, w)
+  want = cv2.resize(np.zeros((h, w), np.float32), None, None, fx=s, fy=s,
+                    interpolation=cv2.INTER_LINEAR).shape
+  oh, ow, got_s = T.planned_size(h, w, p, train=False)
+  assert (oh, ow) == want and got_s == s
+  th, tw, _ = T.planned_size(h, w, p, train=True)
+  assert min(th, tw) == 600 and max(th, tw) <= 1200
+  assert T.choose_bucket(th, tw, p.buckets) >= 0   # every training image fits
+  if (h, w) == (281, 500):
+    assert (oh, ow) == (600, 1068)   # the issue's example (capped: 562x1000)
+
+
+def test_seed_resize_pixels_are_opencv_float():
+  cv2 = pytest.importorskip('cv2')
+  img = np.random.default_rng(0).integers(0, 256, (281, 500, 3), np.uint8)
+  ex = T.make_example(img, np.zeros((0, 4)), np.zeros((0,), np.int32),
+                      _seed_params(), (608, 1200))
+  assert ex['image'].dtype == np.float32
+  s = 600.0 / 281
+  want = cv2.resize(img.astype(np.float32), None, None, fx=s, fy=s,
+                    interpolation=cv2.INTER_LINEAR)
+  np.testing.assert_allclose(ex['image'][:600, :1068], want, atol=1e-3)
+  assert not ex['image'][600:].any() and not ex['image'][:, 1068:].any()

@@ -437,3 +437,41 @@ def test_batched_vmap_over_images(rng):
   for i in range(3):
     want = batched_reference(boxes[i], scores[i], 0.3, d, 0.05)
     check_batched([o[i] for o in out], want, boxes[i], scores[i], d)
+
+
+# ----------------------------------------------------------------------------
+# pixel_offset=0: torchvision's IoU (the FPN models)
+# ----------------------------------------------------------------------------
+def test_pixel_offset_zero_matches_torchvision(rng):
+  """nms / batched_nms with pixel_offset=0 keep what torchvision.ops keeps.
+
+  Boxes are drawn so that many pairs sit near the thresholds, and with a +1
+  the results must differ (the offset is really used).
+  """
+  torch = pytest.importorskip("torch")
+  tv_ops = pytest.importorskip("torchvision.ops")
+  n, k = 300, 4
+  xy = rng.uniform(0, 60, (n, 2))
+  wh = rng.uniform(2, 12, (n, 2))
+  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+  scores = rng.permutation(n).astype(np.float32) / n
+  cls = rng.integers(0, k, n)
+  f = jax.jit(lambda b, s, t: nms_lib.nms(b, s, t, n, pixel_offset=0.0))
+  differs = False
+  for thr in (0.3, 0.5, 0.7):
+    want = tv_ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                      thr).numpy()
+    got = kept(f(boxes, scores, np.float32(thr)))
+    np.testing.assert_array_equal(got, want)
+    differs |= not np.array_equal(kept(nms_lib.nms(boxes, scores, thr, n)),
+                                  want)
+    # batched_nms over a category axis, as torchvision's batched_nms.
+    want_b = tv_ops.batched_nms(torch.from_numpy(boxes),
+                                torch.from_numpy(scores),
+                                torch.from_numpy(cls), thr).numpy()
+    per_cls = np.full((k, n), -np.inf, np.float32)
+    per_cls[cls, np.arange(n)] = scores[np.arange(n)]
+    out = nms_lib.batched_nms(boxes, per_cls, thr, n, -1.0, pixel_offset=0.0)
+    v = np.asarray(out[4])
+    np.testing.assert_array_equal(np.asarray(out[3])[v], want_b)
+  assert differs

@@ -323,7 +323,9 @@ def test_select_nms():
   assert pallas_nms.select_nms("cpu") is nms_lib.nms
   assert pallas_nms.select_nms("jnp", "gpu") is nms_lib.nms
   assert pallas_nms.nms_for_backend("cpu") is nms_lib.nms
-  assert pallas_nms.nms_for_backend() is nms_lib.nms  # Tests run on CPU.
+  # No platform: decided when lowering (test_follows_lowering_platform).
+  assert pallas_nms.nms_for_backend() is pallas_nms.auto_nms
+  assert pallas_nms.select_nms("pallas") is pallas_nms.nms
   for choice, platform in (("auto", "gpu"), ("AUTO", "tpu"), ("cuda", None),
                            ("pallas", "gpu"), ("pallas", "cpu")):
     fn = pallas_nms.select_nms(choice, platform)
@@ -339,3 +341,32 @@ def test_select_nms():
   fn = pallas_nms.select_nms("pallas", "cpu")
   np.testing.assert_array_equal(
       kept(fn(boxes, np.float32([0.9, 0.8, 0.7]), 0.3, 3)), [0, 2])
+
+
+def _custom_calls(fn, platform):
+  text = jax.jit(jax.vmap(fn)).trace(
+      jax.ShapeDtypeStruct((2, 600, 4), jnp.float32),
+      jax.ShapeDtypeStruct((2, 600), jnp.float32)).lower(
+          lowering_platforms=(platform,)).as_text(debug_info=True)
+  # Interpret mode lowers the kernel's grid loop under the kernel's name.
+  interpreted = bool(re.search(r"nms_suppression_mask/(?!pallas_call)", text))
+  return re.findall(r"custom_call @([\w$.]+)", text), interpreted
+
+
+@pytest.mark.parametrize("choice", ["auto", "pallas"])
+def test_follows_lowering_platform(choice, rng):
+  # One traced function; the kernel is chosen by the platform lowered for,
+  # not by this host's default backend (CPU).
+  fn = pallas_nms.select_nms(choice)
+  f = lambda b, s: fn(b, s, 0.5, 50)  # noqa: E731
+  assert _custom_calls(f, "cuda") == (["__gpu$xla.gpu.triton"], False)
+  assert _custom_calls(f, "tpu") == (["tpu_custom_call"], False)
+  # CPU: 'auto' is the jnp NMS, 'pallas' the kernel in interpret mode.
+  assert _custom_calls(f, "cpu") == ([], choice == "pallas")
+  boxes = np.stack([random_boxes(rng, 600) for _ in range(2)])
+  scores = rng.random((2, 600)).astype(np.float32)
+  got = jax.jit(jax.vmap(f))(boxes, scores)
+  want = jax.jit(jax.vmap(lambda b, s: nms_lib.nms(b, s, 0.5, 50)))(
+      boxes, scores)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)

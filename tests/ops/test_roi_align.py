@@ -504,3 +504,47 @@ def test_against_torchvision(rng):
   want = tv_ops.roi_pool(tf, tr, (7, 5), 1 / 16).permute(0, 2, 3, 1).numpy()
   got = np.asarray(roi_pool(jnp.asarray(feat), jnp.asarray(rois), (7, 5), 1 / 16))
   np.testing.assert_array_equal(got, want)
+
+
+# --- an image's own map on a larger canvas (valid_size) ---------------------
+
+
+@pytest.mark.parametrize("sr", [0, 2])
+def test_valid_size_samples_as_the_unpadded_map(rng, sr):
+  """On a canvas whose padding is 0, valid_size=(h, w) gives exactly the
+  unpadded h x w map's RoIAlign (the last row/column rule included), also
+  under vmap with a different extent per image and for the gradient."""
+  h, w, c = 9, 13, 3
+  feat = rng.normal(size=(h, w, c)).astype(np.float32)
+  canvas = np.zeros((16, 20, c), np.float32)
+  canvas[:h, :w] = feat
+  rois = _rand_rois(rng, 24, h * 16, w * 16, lo=4.0)
+  rois[:4] = [[0, 0, w * 16 - 1, h * 16 - 1], [100, 80, 260, 200],
+              [150, 90, 400, 300], [190, 120, 207, 143]]   # edges, beyond
+  want = ref_roi_align(feat, rois, 3, 1 / 16, sr=sr)
+  got = roi_align(jnp.asarray(canvas), jnp.asarray(rois), 3, 1 / 16, sr,
+                  valid_size=(h, w))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  # Without it the canvas padding shows in the samples near the edge.
+  plain = roi_align(jnp.asarray(canvas), jnp.asarray(rois), 3, 1 / 16, sr)
+  assert np.abs(np.asarray(plain) - want).max() > 1e-3
+  # vmap: per-image extents.
+  feat2 = rng.normal(size=(12, 7, c)).astype(np.float32)
+  canvas2 = np.zeros_like(canvas)
+  canvas2[:12, :7] = feat2
+  both = jax.vmap(lambda f, r, e: roi_align(f, r, 3, 1 / 16, sr,
+                                            valid_size=e))(
+      jnp.stack([canvas, canvas2]), jnp.stack([rois, rois]),
+      jnp.asarray([[h, w], [12, 7]]))
+  np.testing.assert_allclose(np.asarray(both[0]), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(both[1]),
+                             ref_roi_align(feat2, rois, 3, 1 / 16, sr=sr),
+                             rtol=1e-5, atol=1e-5)
+  # The gradient is the adjoint of that map (and 0 on the padding).
+  g = rng.normal(size=want.shape).astype(np.float32)
+  grad = jax.grad(lambda f: jnp.sum(roi_align(
+      f, jnp.asarray(rois), 3, 1 / 16, sr, valid_size=(h, w)) * g))(
+          jnp.asarray(canvas))
+  assert not np.asarray(grad)[h:].any() and not np.asarray(grad)[:, w:].any()
+  lhs = float(jnp.sum(grad * canvas))
+  np.testing.assert_allclose(lhs, float(np.sum(want * g)), rtol=1e-4)

@@ -201,3 +201,20 @@ def test_max_pool_ties_and_nan_follow_torch(rng):
   (g,) = vjp(jnp.asarray(cot.transpose(0, 2, 3, 1)))
   np.testing.assert_array_equal(y, yt.detach().numpy().transpose(0, 2, 3, 1))
   np.testing.assert_array_equal(g, gt.numpy().transpose(0, 2, 3, 1))
+
+
+def test_valid_size_crops_as_the_unpadded_map(rng):
+  """The seed's grid depends on the map size; valid_size gives the crop of
+  an image's own map placed on a larger, zero-padded canvas."""
+  h, w, c = 10, 14, 4
+  feat = rng.normal(size=(h, w, c)).astype(np.float32)
+  canvas = np.zeros((18, 24, c), np.float32)
+  canvas[:h, :w] = feat
+  rois = np.array([[0, 0, 223, 159], [100, 40, 260, 200], [180, 120, 300, 190],
+                   [20, 30, 90, 100]], np.float32)
+  want, _, _ = torch_seed_crop(feat, rois)
+  got = roi_crop(jnp.asarray(canvas), jnp.asarray(rois), valid_size=(h, w))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  traced = jax.jit(lambda f, r, e: roi_crop(f, r, valid_size=e))(
+      jnp.asarray(canvas), jnp.asarray(rois), jnp.asarray([h, w]))
+  np.testing.assert_allclose(np.asarray(traced), want, rtol=1e-5, atol=1e-5)

@@ -198,7 +198,7 @@ def test_features_rpn_and_rcnn_match_torch(tdet, ours):
   rois = jnp.asarray(np.array(
       [[[0, 0, 40, 30], [10, 5, 70, 60], [30, 20, 82, 64]],
        [[5, 5, 20, 25], [0, 10, 82, 40], [50, 0, 60, 64]]], np.float32))
-  scores, box = ours._box_head(feats, rois, train=False)
+  scores, box = ours._box_head(feats, rois, None, train=False)
   pooled = roi_heads.pool_rois(feats, rois, mode="align", output_size=7,
                                spatial_scale=1 / 16, sampling_ratio=0)
   pooled = np.array(pooled).reshape(6, 7, 7, -1).transpose(0, 3, 1, 2).copy()
