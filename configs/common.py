@@ -145,6 +145,13 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 2000
   c.checkpoint.max_to_keep = 3
   c.checkpoint.async_save = True
+  # With train.eval_every > 0: also keep the N best evaluated states in
+  # <workdir>/best (a model folder for eval.py / demo.py); 0 = off.
+  c.checkpoint.keep_best = 1
+  # The evaluation number that ranks them (higher is better): 'AP', 'AP50',
+  # 'AP75' (COCO metric), 'voc07_mAP', 'voc_area_mAP' (VOC); '' = the
+  # first one test.metric gives (AP, or voc07_mAP).
+  c.checkpoint.best_metric = ""
   return c
 
 

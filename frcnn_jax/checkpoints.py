@@ -10,7 +10,11 @@ A training workdir holds ``checkpoints/<step>/`` (orbax) with three items:
 * ``meta``: JSON (data iterator state, class names, the run's config).
 
 ``checkpoints.unreadable/<step>-<time>/`` receives steps that do not read
-back. :func:`checkpoint_location` maps a workdir or a converted folder to
+back. ``best/checkpoints/<step>/`` (:class:`BestCheckpoints`) keeps the
+``checkpoint.keep_best`` evaluated states with the best evaluation metric,
+``model`` and ``meta`` only (the layout of a converted model), so that
+``eval.py --workdir=<workdir>/best`` and ``demo.py`` read them as they read
+any model folder. :func:`checkpoint_location` maps a workdir or a converted folder to
 its checkpoints folder; :func:`checkpoint_steps` / :func:`read_step_meta` /
 :func:`stored_model_shapes` read a folder without building a model (for
 ``init_from``); :class:`Checkpointer` writes and restores training runs.
@@ -34,6 +38,7 @@ from jax.experimental import multihost_utils
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+BEST = "best"
 
 
 @flax.struct.dataclass
@@ -55,6 +60,11 @@ def tree_all_finite(tree) -> jax.Array:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, CHECKPOINTS)
+
+
+def best_dir(workdir: str) -> str:
+  """``<workdir>/best``: a model folder (``best/checkpoints/<step>``)."""
+  return os.path.join(workdir, BEST)
 
 
 def model_pure_dict(model_or_states) -> dict:
@@ -343,6 +353,100 @@ class Checkpointer:
     step = steps[-1] if step is None else step
     return self.manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class BestCheckpoints:
+  """The ``keep`` best evaluated states of a run, by one metric.
+
+  A second orbax ``CheckpointManager`` beside the latest-N one, under
+  ``<workdir>/best/checkpoints``, holding ``model`` and ``meta`` (no
+  optimizer state: these are for inference and ``init_from``); orbax's
+  ``best_fn`` decides what is kept. The metric and its value are in
+  ``meta`` (``best_metric``, ``best_value``, the step's evaluation
+  headline) and in orbax's step metadata.
+
+  The run's history is one line: when a run resumes or rolls back to step
+  S, the best states saved after S belong to a trajectory it left (it will
+  evaluate those steps again) and :meth:`forget_after` deletes them, as
+  metrics.jsonl forgets the steps after S.
+  """
+
+  def __init__(self, directory: str, *, keep: int, metric: str,
+               mode: str = "max", async_save: bool = True):
+    if mode not in ("max", "min"):
+      raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    self.directory = os.path.abspath(directory)
+    self.keep, self.metric, self.mode = int(keep), metric, mode
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        item_handlers={"model": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, best_fn=lambda m: float(m[metric]),
+            best_mode=mode, keep_checkpoints_without_metrics=False,
+            create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True))
+
+  def scores(self) -> dict[int, float]:
+    """``step -> metric value`` of the kept states."""
+    out = {}
+    for s in self.manager.all_steps():
+      m = self.manager.metrics(s) or {}
+      if self.metric in m:
+        out[int(s)] = float(m[self.metric])
+    return out
+
+  def best(self) -> tuple[int, float] | None:
+    """``(step, value)`` of the best kept state, or None."""
+    sc = self.scores()
+    if not sc:
+      return None
+    pick = max if self.mode == "max" else min
+    step = pick(sc, key=lambda s: (sc[s], -s))
+    return step, sc[step]
+
+  def would_keep(self, value: float) -> bool:
+    """Whether a state scoring ``value`` enters the kept set."""
+    if not np.isfinite(value):
+      return False
+    sc = sorted(self.scores().values(), reverse=self.mode == "max")
+    if len(sc) < self.keep:
+      return True
+    return value > sc[-1] if self.mode == "max" else value < sc[-1]
+
+  def save(self, step: int, state: TrainState, meta: dict,
+           value: float) -> bool:
+    """Saves ``state`` at ``step`` if ``value`` is among the best; says so."""
+    if not self.would_keep(value):
+      return False
+    if step in self.manager.all_steps():
+      self.manager.delete(step)
+    meta = dict(meta, best_metric=self.metric, best_value=float(value),
+                step=int(step))
+    self.manager.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(model_pure_dict((state.params,
+                                                     state.rest))),
+        meta=ocp.args.JsonSave(meta)),
+        metrics={self.metric: float(value)}, force=True)
+    return True
+
+  def forget_after(self, step: int) -> list[int]:
+    """Deletes the kept states after ``step``; returns their steps."""
+    self.manager.wait_until_finished()
+    gone = [s for s in self.manager.all_steps() if s > step]
+    for s in gone:
+      self.manager.delete(s)
+    if gone:
+      log.info("best checkpoints after step %d forgotten (the run resumed "
+               "there): %s", step, gone)
+    return sorted(gone)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

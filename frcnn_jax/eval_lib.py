@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
-
+from frcnn_jax import analysis
 from frcnn_jax import checkpoints
 from frcnn_jax import compiler_options
+from frcnn_jax import console
 from frcnn_jax import data as data_lib
 from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import parallel
@@ -50,9 +51,14 @@ def make_predict_fn(graphdef, mesh):
 
 
 def predict_dataset(predict_fn, params, rest, loader, mesh, *,
-                    max_images: int | None = None,
-                    desc: str = "eval") -> dict[str, np.ndarray]:
+                    max_images: int | None = None, desc: str = "eval",
+                    timing: dict | None = None) -> dict[str, np.ndarray]:
   """Detections for every image of ``loader`` (or its first ``max_images``).
+
+  ``timing`` (optional, kept by the caller across calls): ``'shapes'`` (a
+  set) collects the batch shapes seen and ``'compile_s'`` is increased by
+  the time of each batch of a new shape (it traces and compiles), so that
+  a caller can tell evaluation time from compilation time.
 
   Returns:
     dict of NumPy arrays over real images only (padding images dropped):
@@ -63,24 +69,48 @@ def predict_dataset(predict_fn, params, rest, loader, mesh, *,
   seen = 0
   show = jax.process_index() == 0
   total = len(loader)
-  with tqdm(total=total, desc=desc, unit="batch", disable=not show,
-            dynamic_ncols=True) as bar:
+  # A bar on a terminal only: a log gets no per-batch output.
+  with console.Progress(total, desc=desc, unit="batch",
+                        enabled=show) as bar:
     for batch in loader:
+      t = time.perf_counter()
       g = parallel.global_batch(
           {k: batch[k] for k in ("image", "im_info", "image_id")}, mesh)
       out = jax.device_get(predict_fn(params, rest, g["image"], g["im_info"],
                                       g["image_id"]))
+      if timing is not None:
+        shapes = timing.setdefault("shapes", set())
+        if g["image"].shape not in shapes:
+          shapes.add(g["image"].shape)
+          timing["compile_s"] = (timing.get("compile_s", 0.0) +
+                                 time.perf_counter() - t)
       keep = out["image_id"] >= 0
       parts.append({k: v[keep] for k, v in out.items()})
       seen += int(keep.sum())
       bar.update(1)
-      bar.set_postfix(images=seen)
+      bar.postfix(images=seen)
       if max_images is not None and seen >= max_images:
         break
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   if max_images is not None:
     out = {k: v[:max_images] for k, v in out.items()}
   return out
+
+
+def ground_truth(source, record) -> tuple[np.ndarray, np.ndarray,
+                                          np.ndarray]:
+  """``(boxes [M, 4], classes [M], ignore [M])`` of one image as the
+  evaluation sees it: the record's boxes (VOC difficult ones ignored) and
+  the crowd boxes the reader kept out of training (ignored)."""
+  crowd = [d for d in source.dropped.get(record.image_id, ())
+           if d.reason == "box_crowd"]
+  boxes = np.concatenate([np.asarray(record.boxes, np.float64).reshape(-1, 4),
+                          np.asarray([d.box for d in crowd],
+                                     np.float64).reshape(-1, 4)])
+  classes = np.concatenate([record.classes,
+                            [d.class_id for d in crowd]]).astype(np.int64)
+  ignore = np.concatenate([record.difficult, np.ones(len(crowd), bool)])
+  return boxes, classes, ignore
 
 
 def _voc_inputs(source, preds):
@@ -109,7 +139,8 @@ def compute_metrics(source, preds, *, metric: str = "coco",
     coco_evaluator: ``metrics.COCO_EVALUATORS`` (``test.coco_evaluator``).
 
   Returns:
-    ``(metrics, coco_results)``.
+    ``(metrics, coco_results)``; ``metrics['coco']`` (or ``['voc07']`` for
+    ``'voc'``) holds ``pr_curves`` (:func:`evaluate` moves them out).
   """
   if metric not in ("coco", "voc", "both"):
     raise ValueError(f"metric must be 'coco', 'voc' or 'both', got {metric!r}")
@@ -128,12 +159,14 @@ def compute_metrics(source, preds, *, metric: str = "coco",
     out["coco"] = metrics_lib.coco_evaluate(
         source.coco_gt(), results,
         image_ids=[int(i) for i in preds["image_id"]],
-        class_names=source.class_names, evaluator=coco_evaluator)
+        class_names=source.class_names, pr_curves=True,
+        evaluator=coco_evaluator)
   if metric in ("voc", "both"):
     gt, dets = _voc_inputs(source, preds)
     names = source.class_names
     out["voc07"] = metrics_lib.voc_evaluate(gt, dets, names,
-                                            use_07_metric=True)
+                                            use_07_metric=True,
+                                            pr_curves=metric == "voc")
     out["voc_area"] = metrics_lib.voc_evaluate(gt, dets, names,
                                                use_07_metric=False)
   return out, results
@@ -151,58 +184,109 @@ def format_metrics(m: dict[str, Any]) -> str:
   return "\n\n".join(parts)
 
 
+def headline_names(metric: str) -> tuple[str, ...]:
+  """The names :func:`headline` gives for ``test.metric`` = ``metric``."""
+  names = ()
+  if metric in ("coco", "both"):
+    names += ("AP", "AP50", "AP75")
+  if metric in ("voc", "both"):
+    names += ("voc07_mAP", "voc_area_mAP")
+  return names
+
+
 def headline(m: dict[str, Any]) -> dict[str, float]:
-  """A few scalars for logs and TensorBoard."""
+  """A few scalars for logs and TensorBoard (training logs them as
+  ``eval/<name>``): ``AP``, ``AP50``, ``AP75`` (COCO), ``voc07_mAP``,
+  ``voc_area_mAP`` (VOC); nothing for a split without ground truth."""
   out = {}
   if "coco" in m:
     for k in ("AP", "AP50", "AP75"):
-      out[f"coco/{k}"] = float(m["coco"][k])
+      out[k] = float(m["coco"][k])
   if "voc07" in m:
-    out["voc07/mAP"] = float(m["voc07"]["mAP"])
-    out["voc_area/mAP"] = float(m["voc_area"]["mAP"])
+    out["voc07_mAP"] = float(m["voc07"]["mAP"])
+    out["voc_area_mAP"] = float(m["voc_area"]["mAP"])
   return out
 
 
 def draw_examples(source, preds, out_dir: str, n: int, *,
                   score_threshold: float = 0.5) -> list[str]:
-  """Writes the first ``n`` images with their detections as PNGs."""
+  """Writes the first ``n`` images with ground truth and detections as PNGs.
+
+  :func:`analysis.draw_evaluation`: detections scoring at least
+  ``score_threshold`` in green (found an object) or red (false), ground
+  truth dashed, misses highlighted.
+  """
   os.makedirs(out_dir, exist_ok=True)
   by_id = {r.image_id: r for r in source.records}
   paths = []
   for i in range(min(n, len(preds["image_id"]))):
     rec = by_id[int(preds["image_id"][i])]
-    img = vis.draw_detections(
-        source.load_image(rec), preds["boxes"][i], preds["classes"][i],
-        preds["scores"][i], source.class_names,
-        score_threshold=score_threshold, valid=preds["valid"][i])
+    gb, gc, ignore = ground_truth(source, rec)
+    v = preds["valid"][i]
+    img = analysis.draw_evaluation(
+        source.load_image(rec), preds["boxes"][i][v], preds["classes"][i][v],
+        preds["scores"][i][v], gb, gc, source.class_names, gt_ignore=ignore,
+        score_threshold=score_threshold)
     path = os.path.join(out_dir, f"{rec.image_id}.png")
     vis.save_png(path, img)
     paths.append(path)
   return paths
 
 
+def write_analysis(source, preds, curves, out_dir: str, *,
+                   score_threshold: float = 0.5) -> list[str]:
+  """PR curves and the confusion matrix (json + png) into ``out_dir``."""
+  by_id = {r.image_id: r for r in source.records}
+  gts, dets = [], []
+  for i, image_id in enumerate(preds["image_id"]):
+    b, c, ignore = ground_truth(source, by_id[int(image_id)])
+    gts.append(dict(boxes=b, classes=c, ignore=ignore))
+    v = preds["valid"][i]
+    dets.append(dict(boxes=preds["boxes"][i][v], classes=preds["classes"][i][v],
+                     scores=preds["scores"][i][v]))
+  cm = analysis.confusion_matrix(gts, dets, source.num_classes,
+                                 score_threshold=score_threshold)
+  return analysis.write_report(out_dir, curves=curves, cm_json=(
+      analysis.confusion_json(cm, source.class_names,
+                              score_threshold=score_threshold,
+                              iou_threshold=0.5)))
+
+
 def evaluate(predict_fn, params, rest, loader, mesh, *, metric: str,
              out_dir: str | None = None, max_images: int | None = None,
              vis_images: int = 0, vis_score_threshold: float = 0.5,
-             desc: str = "eval", class_map=None,
-             coco_evaluator: str = "pycocotools") -> dict[str, Any]:
+             desc: str = "eval", timing: dict | None = None,
+             class_map=None, coco_evaluator: str = "pycocotools"
+             ) -> dict[str, Any]:
   """Inference over ``loader`` + metrics; process 0 writes ``out_dir``:
 
   ``detections.json`` (COCO results, original pixels, dataset category ids),
-  ``metrics.json`` and, with ``vis_images``, ``vis/<image_id>.png``.
-  ``class_map``: model class -> dataset class (:func:`class_map_by_name`).
+  ``metrics.json``, ``pr_curves.json`` / ``.png`` (per class),
+  ``confusion_matrix.json`` / ``.png`` (detections scoring at least
+  ``vis_score_threshold``; PNGs with matplotlib) and, with ``vis_images``,
+  ``vis/<image_id>.png`` (:func:`draw_examples`). ``timing``: see
+  :func:`predict_dataset`. ``class_map``: model class -> dataset class
+  (:func:`class_map_by_name`); ``coco_evaluator``: see
+  ``metrics.COCO_EVALUATORS``.
   """
   preds = predict_dataset(predict_fn, params, rest, loader, mesh,
-                          max_images=max_images, desc=desc)
+                          max_images=max_images, desc=desc, timing=timing)
   preds = remap_classes(preds, class_map)
   m, results = compute_metrics(loader.source, preds, metric=metric,
                                coco_evaluator=coco_evaluator)
+  curves = None
+  for key in ("coco", "voc07"):
+    if key in m and "pr_curves" in m[key]:
+      curves = m[key].pop("pr_curves")
   if out_dir and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "detections.json"), "w") as f:
       json.dump(results, f)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(m, f, indent=1)
+    if loader.source.has_annotations:
+      write_analysis(loader.source, preds, curves, out_dir,
+                     score_threshold=vis_score_threshold)
     if vis_images:
       draw_examples(loader.source, preds, os.path.join(out_dir, "vis"),
                     vis_images, score_threshold=vis_score_threshold)
@@ -347,6 +431,15 @@ def run(config, workdir: str, *, split: str | None = None,
     print(f"\n{workdir} step {step}, {split}: {m['num_images']} images, "
           f"{m['num_detections']} detections")
     print(format_metrics(m))
-    print(f"\nwrote {out_dir}/metrics.json, {out_dir}/detections.json"
-          + (f", {out_dir}/vis/" if vis_images else ""))
+    wrote = ["metrics.json", "detections.json"]
+    if loader.source.has_annotations:
+      wrote += ["pr_curves.json", "confusion_matrix.json"]
+      if os.path.exists(os.path.join(out_dir, "pr_curves.png")) or \
+          os.path.exists(os.path.join(out_dir, "confusion_matrix.png")):
+        wrote += ["pr_curves.png", "confusion_matrix.png"]
+      else:
+        wrote.append("(no PNG plots: pip install matplotlib)")
+    if vis_images:
+      wrote.append("vis/")
+    print(f"\nwrote to {out_dir}: {', '.join(wrote)}")
   return m

@@ -3,7 +3,21 @@
 Layout under `workdir`:
   workdir/tensorboard/events.out.tfevents.*   scalars (and images) for TensorBoard
   workdir/metrics.jsonl                       one JSON object per write:
-      {"step": 120, "wall_time": 1767312000.5, "loss_total": 1.23, "lr": 0.001, ...}
+      {"step": 120, "wall_time": 1767312000.5, "train/loss_total": 1.23,
+       "train/lr": 0.001, ...}
+
+Names: one name per metric, the same in both files. The callers group them
+the way TensorBoard shows them, by the part before the first "/"
+(``train/loss_total``, ``train/lr``, ``eval/AP``); this module writes the
+names it is given.
+
+TensorBoard files are written with the ``tensorboard`` package's own record
+writer and protos (no TensorFlow, no tensorboardX): every write is appended
+and flushed at once (a handful of small records per log interval), so a
+crash loses nothing that was logged. Event files are named
+``events.out.tfevents.<seconds>.<nanoseconds>.<host>.<pid>``: unique, and in
+chronological order when sorted, which is the order TensorBoard reads them
+in (a purge in a later file hides the steps of earlier ones).
 
 Multi-host: every process may construct a `MetricWriter` and call it; only
 the one with `process_index == 0` writes (the others do nothing and create
@@ -24,14 +38,21 @@ checkpoint are dropped too; `resume_step=None` appends to whatever is there.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import numbers
 import os
+import socket
 import time
 from typing import Any, Mapping
 
 import numpy as np
+from PIL import Image
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.text import summary_v2 as text_summary
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -99,6 +120,70 @@ def truncate_jsonl(path: str, max_step: int) -> int:
   return dropped
 
 
+class EventFile:
+  """One TensorBoard event file, written synchronously (append + flush).
+
+  Scalars are legacy ``simple_value`` summaries, images PNG-encoded
+  ``Summary.Image`` s, text the text plugin's tensor summaries: what
+  TensorBoard's ``EventAccumulator`` and the web UI read.
+  """
+
+  def __init__(self, logdir: str, purge_step: int | None = None):
+    os.makedirs(logdir, exist_ok=True)
+    ns = time.time_ns()
+    name = (f"events.out.tfevents.{ns // 10**9:010d}.{ns % 10**9:09d}."
+            f"{socket.gethostname()}.{os.getpid()}")
+    self.path = os.path.join(logdir, name)
+    self._file = open(self.path, "ab")
+    self._records = RecordWriter(self._file)
+    self._add(event_pb2.Event(wall_time=time.time(),
+                              file_version="brain.Event:2"))
+    if purge_step is not None:
+      # TensorBoard drops the events with step >= purge_step that it read
+      # before this one (from this run's earlier files).
+      self._add(event_pb2.Event(
+          wall_time=time.time(), step=int(purge_step),
+          session_log=event_pb2.SessionLog(
+              status=event_pb2.SessionLog.START)))
+    self.flush()
+
+  def _add(self, event) -> None:
+    self._records.write(event.SerializeToString())
+
+  def add_summary(self, summary, step: int, wall_time: float) -> None:
+    self._add(event_pb2.Event(wall_time=wall_time, step=int(step),
+                              summary=summary))
+
+  def scalars(self, step: int, values: Mapping[str, float],
+              wall_time: float) -> None:
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+        for k, v in values.items()])
+    self.add_summary(summary, step, wall_time)
+
+  def image(self, tag: str, image: np.ndarray, step: int) -> None:
+    """``image``: uint8 [H, W, C] with C in (1, 3, 4)."""
+    h, w, c = image.shape
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if c == 1 else image).save(buf, format="PNG")
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+        tag=tag, image=summary_pb2.Summary.Image(
+            height=h, width=w, colorspace=c,
+            encoded_image_string=buf.getvalue()))])
+    self.add_summary(summary, step, time.time())
+
+  def text(self, tag: str, text: str, step: int) -> None:
+    self.add_summary(text_summary.text_pb(tag, text), step, time.time())
+
+  def flush(self) -> None:
+    self._records.flush()
+
+  def close(self) -> None:
+    if not self._records.closed:
+      self._records.flush()
+      self._records.close()
+
+
 class MetricWriter:
   """Writes scalars to TensorBoard and metrics.jsonl; no-op off process 0.
 
@@ -120,7 +205,6 @@ class MetricWriter:
       tensorboard: bool = True,
       jsonl_name: str = JSONL_NAME,
       tensorboard_subdir: str = TENSORBOARD_DIR,
-      flush_secs: int = 30,
   ):
     """Opens (creates or appends to) the metric files of `workdir`.
 
@@ -131,10 +215,9 @@ class MetricWriter:
       resume_step: step of the checkpoint the run resumes from: drops
         metrics.jsonl lines with step > resume_step and purges TensorBoard
         events after it (see the module docstring). None: plain append.
-      tensorboard: also write TensorBoard event files (tensorboardX).
+      tensorboard: also write TensorBoard event files.
       jsonl_name: file name of the JSON-lines log inside workdir.
       tensorboard_subdir: event-file directory inside workdir.
-      flush_secs: TensorBoard flushes at least this often.
     """
     self.workdir = os.fspath(workdir)
     self.process_index = int(process_index)
@@ -157,21 +240,12 @@ class MetricWriter:
         with open(self.jsonl_path, "a", encoding="utf-8") as f:
           f.write("\n")
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-    self._flush_secs = flush_secs
     if tensorboard:
       self._tb = self._open_tensorboard(
           None if resume_step is None else int(resume_step) + 1)
 
-  def _open_tensorboard(self, purge_step: int | None):
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    return SummaryWriter(
-        logdir=self.tensorboard_dir, purge_step=purge_step,
-        flush_secs=self._flush_secs,
-        # tensorboardX names event files by the second and opens them with
-        # "wb": a restart within the same second would overwrite the
-        # previous file. A nanosecond suffix keeps names unique and in
-        # chronological (lexicographic) order.
-        filename_suffix=f".{time.time_ns()}")
+  def _open_tensorboard(self, purge_step: int | None) -> EventFile:
+    return EventFile(self.tensorboard_dir, purge_step)
 
   def rewind(self, step: int) -> None:
     """Forgets everything logged after ``step`` (a run rolled back to it).
@@ -216,8 +290,8 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
-      for k, v in values.items():
-        self._tb.add_scalar(k, float(v), global_step=step, walltime=wall)
+      self._tb.scalars(step, values, wall)
+      self._tb.flush()
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """Logs images ([H, W, 3] uint8 RGB) to TensorBoard only (not jsonl)."""
@@ -228,7 +302,9 @@ class MetricWriter:
       img = np.asarray(img)
       if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):
         raise ValueError(f"image '{k}' must be [H, W, C], got {img.shape}")
-      self._tb.add_image(str(k), img, global_step=int(step), dataformats="HWC")
+      self._tb.image(str(k), np.ascontiguousarray(img.astype(np.uint8)),
+                     int(step))
+    self._tb.flush()
 
   def write_text(self, step: int, texts: Mapping[str, str]) -> None:
     """Logs text (e.g. the config, an eval table) to TensorBoard only."""
@@ -236,7 +312,8 @@ class MetricWriter:
       return
     self._check_open()
     for k, t in texts.items():
-      self._tb.add_text(str(k), str(t), global_step=int(step))
+      self._tb.text(str(k), str(t), int(step))
+    self._tb.flush()
 
   def flush(self) -> None:
     """Pushes buffered data to disk (both files)."""

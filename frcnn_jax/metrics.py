@@ -26,26 +26,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ops import boxes as box_ops
+from frcnn_jax.voc_metrics import _voc_class_curve
+from frcnn_jax.voc_metrics import _voc_inputs
+from frcnn_jax.voc_metrics import interpolated_precision
+from frcnn_jax.voc_metrics import voc_ap
 
 COCO_METRIC_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
     "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """Names of pycocotools' 12 summary numbers, in `COCOeval.stats` order."""
-
-_COCO_METRIC_LABELS: tuple[str, ...] = (
-    "AP   @[IoU=0.50:0.95 | area=   all | maxDets=100]",
-    "AP   @[IoU=0.50      | area=   all | maxDets=100]",
-    "AP   @[IoU=0.75      | area=   all | maxDets=100]",
-    "AP   @[IoU=0.50:0.95 | area= small | maxDets=100]",
-    "AP   @[IoU=0.50:0.95 | area=medium | maxDets=100]",
-    "AP   @[IoU=0.50:0.95 | area= large | maxDets=100]",
-    "AR   @[IoU=0.50:0.95 | area=   all | maxDets=  1]",
-    "AR   @[IoU=0.50:0.95 | area=   all | maxDets= 10]",
-    "AR   @[IoU=0.50:0.95 | area=   all | maxDets=100]",
-    "AR   @[IoU=0.50:0.95 | area= small | maxDets=100]",
-    "AR   @[IoU=0.50:0.95 | area=medium | maxDets=100]",
-    "AR   @[IoU=0.50:0.95 | area= large | maxDets=100]",
-)
 
 COCO_EVALUATORS: tuple[str, ...] = ("pycocotools", "faster_coco_eval")
 """Implementations of COCOeval('bbox') that `coco_evaluate` can use.
@@ -199,6 +188,7 @@ def coco_evaluate(
     image_ids: Sequence[int] | None = None,
     class_names: Mapping[int, str] | Sequence[str] | None = None,
     verbose: bool = False,
+    pr_curves: bool = False,
     evaluator: str = "pycocotools",
 ) -> dict[str, Any]:
   """Runs COCOeval('bbox') on COCO results entries.
@@ -216,14 +206,20 @@ def coco_evaluate(
       sequence in sorted-category-id order, with or without a background
       entry at index 0. Default: the names in `coco_gt`.
     verbose: let pycocotools print its progress and summary.
+    pr_curves: also return the per-class precision/recall curves.
     evaluator: 'pycocotools' (the reference) or 'faster_coco_eval' (the same
       numbers to ~1e-16, much faster; see `COCO_EVALUATORS`).
 
   Returns:
     {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
     "ARs", "ARm", "ARl": float (COCOeval.stats; -1 = undefined),
-    "per_class_AP": {name: AP@[.5:.95]}, "per_class_AP50": {name: AP@.5}}
-    (area all, 100 detections; -1 for a class without ground truth).
+    "summary": the 12 lines ``COCOeval.summarize()`` prints, verbatim,
+    "per_class_AP", "per_class_AP50", "per_class_AP75", "per_class_AR100":
+    {name: value} (area all, 100 detections; -1 for a class without ground
+    truth), "per_class_num_gt": {name: non-crowd boxes}} and, with
+    ``pr_curves``, "pr_curves": {"recall": [101 recall thresholds],
+    "precision": {name: {"0.5": [101], "0.75": [101]}}} (COCOeval's
+    interpolated precision; -1 where undefined).
 
   Raises:
     ValueError: a result refers to an image that is not in `coco_gt`.
@@ -259,21 +255,55 @@ def coco_evaluate(
       ev.params.imgIds = sorted(int(i) for i in image_ids)
     ev.evaluate()
     ev.accumulate()
+  summary = io.StringIO()
+  with contextlib.redirect_stdout(summary):
     ev.summarize()
+  if verbose:
+    print(summary.getvalue(), end="")
   metrics: dict[str, Any] = {
       k: float(v) for k, v in zip(COCO_METRIC_NAMES, ev.stats[:12])}
+  # pycocotools' own 12 lines, verbatim (what users grep for);
+  # faster-coco-eval logs its summary instead of printing it.
+  lines = [ln for ln in summary.getvalue().split("\n") if ln.strip()]
+  if lines:
+    metrics["summary"] = lines
   # precision: [T iou thresholds, R recall thresholds, K cats, A areas, M maxdets]
   precision = ev.eval["precision"]
+  recall = ev.eval["recall"]       # [T, K, A, M]
   iou_thrs = np.asarray(ev.params.iouThrs)
   i50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
-  per_ap, per_ap50 = {}, {}
+  i75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
+  num_gt = _coco_gt_counts(ev)
+  per = {k: {} for k in ("per_class_AP", "per_class_AP50", "per_class_AP75",
+                         "per_class_AR100", "per_class_num_gt")}
+  curves = {}
   for k, cat in enumerate(ev.params.catIds):
+    name = names.get(cat, str(cat))
     p = precision[:, :, k, 0, -1]
-    per_ap[names.get(cat, str(cat))] = _mean_defined(p)
-    per_ap50[names.get(cat, str(cat))] = _mean_defined(p[i50])
-  metrics["per_class_AP"] = per_ap
-  metrics["per_class_AP50"] = per_ap50
+    per["per_class_AP"][name] = _mean_defined(p)
+    per["per_class_AP50"][name] = _mean_defined(p[i50])
+    per["per_class_AP75"][name] = _mean_defined(p[i75])
+    per["per_class_AR100"][name] = _mean_defined(recall[:, k, 0, -1])
+    per["per_class_num_gt"][name] = int(num_gt.get(cat, 0))
+    curves[name] = {"0.5": p[i50].tolist(), "0.75": p[i75].tolist()}
+  metrics.update(per)
+  if pr_curves:
+    metrics["pr_curves"] = {
+        "recall": [float(r) for r in ev.params.recThrs],
+        "precision": curves,
+        "source": "COCOeval precision, area all, maxDets 100 (-1: no "
+                  "ground truth)"}
   return metrics
+
+
+def _coco_gt_counts(ev) -> dict[int, int]:
+  """Non-crowd ground-truth boxes per category among the evaluated images."""
+  img_ids = set(ev.params.imgIds)
+  counts: dict[int, int] = {}
+  for a in ev.cocoGt.dataset.get("annotations", []):
+    if a["image_id"] in img_ids and not a.get("iscrowd", 0):
+      counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
+  return counts
 
 
 def _fmt(v: float) -> str:
@@ -282,26 +312,35 @@ def _fmt(v: float) -> str:
 
 
 def format_coco_table(metrics: Mapping[str, Any]) -> str:
-  """The 12-number COCO summary, then per-class AP, as a plain-text table.
+  """pycocotools' 12 summary lines verbatim, then a per-class table.
 
   Args:
-    metrics: a dict from `coco_evaluate`.
+    metrics: a dict from `coco_evaluate` (one without ``"summary"``, an
+      older metrics.json, gets its 12 numbers by name).
 
   Returns:
-    A multi-line string; undefined (-1) values print as "n/a".
+    A multi-line string; undefined (-1) values print as "n/a" in the
+    per-class table (pycocotools prints -1.000 in its own lines).
   """
-  lines = ["COCO bbox", f"{'metric':<8}{'':2}{'':50}{'value':>7}"]
-  for name, label in zip(COCO_METRIC_NAMES, _COCO_METRIC_LABELS):
-    if name in metrics:
-      lines.append(f"{name:<8}  {label:<50} {_fmt(metrics[name])}")
+  lines = list(metrics.get("summary") or [
+      f"{name:<6} {_fmt(metrics[name])}" for name in COCO_METRIC_NAMES
+      if name in metrics])
   per = metrics.get("per_class_AP")
   if per:
-    per50 = metrics.get("per_class_AP50", {})
+    cols = [("AP", "per_class_AP"), ("AP50", "per_class_AP50"),
+            ("AP75", "per_class_AP75"), ("AR100", "per_class_AR100")]
+    cols = [(t, k) for t, k in cols if k in metrics]
+    num_gt = metrics.get("per_class_num_gt")
     w = max(8, max(len(n) for n in per))
     lines.append("")
-    lines.append(f"{'class':<{w}}  {'AP':>6}  {'AP50':>6}")
-    for n, ap in per.items():
-      lines.append(f"{n:<{w}}  {_fmt(ap)}  {_fmt(per50.get(n, UNDEFINED))}")
+    lines.append(f"{'class':<{w}}" + "".join(f"  {t:>6}" for t, _ in cols)
+                 + ("  {:>6}".format("#gt") if num_gt is not None else ""))
+    for n in per:
+      row = f"{n:<{w}}" + "".join(
+          f"  {_fmt(metrics[k].get(n, UNDEFINED))}" for _, k in cols)
+      if num_gt is not None:
+        row += f"  {num_gt.get(n, 0):>6d}"
+      lines.append(row)
   return "\n".join(lines)
 
 
@@ -310,100 +349,13 @@ def format_coco_table(metrics: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = True) -> float:
-  """Average precision from a precision/recall curve, as PASCAL VOC defines it.
-
-  Args:
-    rec: [N] recall after each detection, in descending-score order
-      (non-decreasing).
-    prec: [N] precision after each detection.
-    use_07_metric: True: VOC2007's 11-point interpolated AP, the mean over
-      t in {0, 0.1, ..., 1} of the highest precision at recall >= t (0 when
-      no point reaches t). The thresholds are `np.arange(0, 1.1, 0.1)` as in
-      the devkit and py-faster-rcnn, so they carry the same rounding (the
-      fourth is 0.30000000000000004: a recall of exactly 0.3 does not reach
-      it). False: VOC2010+ area under the precision envelope (precision made
-      monotonically non-increasing in recall), summed where recall changes.
-
-  Returns:
-    AP as a Python float in [0, 1]; 0.0 for an empty curve. NaN entries of
-    `prec` count as 0.
-  """
-  rec = np.asarray(rec, dtype=np.float64).reshape(-1)
-  prec = np.nan_to_num(np.asarray(prec, dtype=np.float64).reshape(-1), nan=0.0)
-  if rec.shape != prec.shape:
-    raise ValueError(f"rec {rec.shape} and prec {prec.shape} differ")
-  if use_07_metric:
-    ap = 0.0
-    for t in np.arange(0.0, 1.1, 0.1):
-      reached = rec >= t
-      ap += (float(np.max(prec[reached])) if reached.any() else 0.0) / 11.0
-    return ap
-  mrec = np.concatenate([[0.0], rec, [1.0]])
-  mpre = np.concatenate([[0.0], prec, [0.0]])
-  mpre = np.maximum.accumulate(mpre[::-1])[::-1]   # envelope from the right
-  i = np.nonzero(mrec[1:] != mrec[:-1])[0]
-  return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
-
-
-def voc_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-  """Pairwise IoU with voc_eval's inclusive +1 widths.
-
-  Args:
-    boxes1: [N, 4] inclusive (x1, y1, x2, y2).
-    boxes2: [M, 4] inclusive (x1, y1, x2, y2).
-
-  Returns:
-    [N, M] float64 IoU; 0 where the union is not positive (degenerate boxes).
-  """
-  a = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)
-  b = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
-  iw = np.maximum(np.minimum(a[:, None, 2], b[None, :, 2])
-                  - np.maximum(a[:, None, 0], b[None, :, 0]) + 1.0, 0.0)
-  ih = np.maximum(np.minimum(a[:, None, 3], b[None, :, 3])
-                  - np.maximum(a[:, None, 1], b[None, :, 1]) + 1.0, 0.0)
-  inter = iw * ih
-  area_a = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0)
-  area_b = (b[:, 2] - b[:, 0] + 1.0) * (b[:, 3] - b[:, 1] + 1.0)
-  union = area_a[:, None] + area_b[None, :] - inter
-  with np.errstate(divide="ignore", invalid="ignore"):
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-  return np.nan_to_num(iou, nan=0.0)
-
-
-def _as_image_list(x):
-  """Mapping {key: dict} or sequence of dicts -> (keys, list of dicts)."""
-  if isinstance(x, Mapping):
-    keys = list(x.keys())
-    return keys, [x[k] for k in keys]
-  items = list(x)
-  return list(range(len(items))), items
-
-
-def _rows(entry: Mapping[str, Any], fields: Sequence[str]):
-  """Arrays of one image's entry, with the optional `valid` mask applied."""
-  boxes = np.asarray(entry.get("boxes", np.zeros((0, 4))),
-                     dtype=np.float64).reshape(-1, 4)
-  n = boxes.shape[0]
-  out = {"boxes": boxes}
-  for f in fields:
-    default = np.zeros((n,), dtype=bool if f == "difficult" else np.float64)
-    v = entry.get(f)
-    out[f] = np.asarray(default if v is None else v).reshape(-1)
-    if out[f].shape[0] != n:
-      raise ValueError(f"'{f}' has {out[f].shape[0]} rows, boxes has {n}")
-  keep = np.ones((n,), bool)
-  if entry.get("valid") is not None:
-    keep &= np.asarray(entry["valid"], dtype=bool).reshape(-1)
-  return {k: v[keep] for k, v in out.items()}
-
-
 def voc_evaluate(
     gt: Mapping[Any, Mapping[str, Any]] | Sequence[Mapping[str, Any]],
     detections: Mapping[Any, Mapping[str, Any]] | Sequence[Mapping[str, Any]],
     class_names: Sequence[str],
     iou_threshold: float = 0.5,
     use_07_metric: bool = True,
+    pr_curves: bool = False,
 ) -> dict[str, Any]:
   """PASCAL VOC detection AP per class and mAP (the voc_eval algorithm).
 
@@ -432,6 +384,10 @@ def voc_evaluate(
       is not evaluated.
     iou_threshold: VOC uses 0.5.
     use_07_metric: 11-point (VOC2007 test) if True, else area (VOC2010+).
+    pr_curves: also return each class's precision/recall curve,
+      interpolated (:func:`interpolated_precision`) at COCO's 101 recall
+      points, in :func:`coco_evaluate`'s ``pr_curves`` format (key
+      ``str(iou_threshold)``).
 
   Returns:
     {"per_class_AP": {name: AP}, "mAP": mean AP over classes that have
@@ -446,108 +402,28 @@ def voc_evaluate(
   gts, dets = _voc_inputs(gt, detections)
   per_ap: dict[str, float] = {}
   num_gt: dict[str, int] = {}
+  curves = {}
+  rec_thrs = np.linspace(0.0, 1.0, 101)
   for c in range(1, len(class_names)):
     name = str(class_names[c])
-    num_gt[name], per_ap[name] = _voc_class_ap(gts, dets, c, iou_threshold,
-                                               use_07_metric)
+    num_gt[name], rec, prec = _voc_class_curve(gts, dets, c, iou_threshold)
+    per_ap[name] = (voc_ap(rec, prec, use_07_metric) if num_gt[name]
+                    else UNDEFINED)
+    curves[name] = {str(iou_threshold): (
+        interpolated_precision(rec, prec, rec_thrs).tolist() if num_gt[name]
+        else [UNDEFINED] * len(rec_thrs))}
   defined = [v for v in per_ap.values() if v > UNDEFINED]
-  return {
+  out = {
       "per_class_AP": per_ap,
       "mAP": float(np.mean(defined)) if defined else UNDEFINED,
       "num_gt": num_gt,
       "use_07_metric": bool(use_07_metric),
       "iou_threshold": float(iou_threshold),
   }
-
-
-def _voc_inputs(gt, detections):
-  """Aligned per-image ground truth and (finite) detections as arrays."""
-  gt_keys, gt_list = _as_image_list(gt)
-  if isinstance(gt, Mapping) != isinstance(detections, Mapping):
-    raise ValueError("gt and detections must both be mappings or sequences")
-  if isinstance(detections, Mapping):
-    unknown = set(detections.keys()) - set(gt_keys)
-    if unknown:
-      raise ValueError(f"detections for images not in gt: "
-                       f"{sorted(map(str, unknown))[:5]}")
-    det_list = [detections.get(k, {}) for k in gt_keys]
-  else:
-    det_list = list(detections)
-    if len(det_list) != len(gt_list):
-      raise ValueError(f"{len(det_list)} detection entries for "
-                       f"{len(gt_list)} gt images")
-  gts = [_rows(g, ("classes", "difficult")) for g in gt_list]
-  dets = []
-  for d in det_list:
-    r = _rows(d, ("scores", "classes"))
-    ok = np.isfinite(r["boxes"]).all(-1) & np.isfinite(r["scores"])
-    dets.append({k: v[ok] for k, v in r.items()})
-  return gts, dets
-
-
-def _voc_match_image(dboxes, dscores, gboxes, gdiff, iou_threshold):
-  """TP / FP flags of one image's detections of one class, score order.
-
-  Matching in one image depends only on the order of that image's
-  detections, so it is done per image, in the same (stable) order as the
-  global ranking. Detections matched to a difficult box are neither.
-  """
-  order = np.argsort(-dscores, kind="stable")
-  dboxes, dscores = dboxes[order], dscores[order]
-  tp = np.zeros(len(dscores))
-  fp = np.zeros(len(dscores))
-  if len(gboxes):
-    ious = voc_iou(dboxes, gboxes)
-    best = np.argmax(ious, axis=1)
-    best_iou = ious[np.arange(len(dscores)), best]
-  else:
-    best = np.zeros(len(dscores), np.int64)
-    best_iou = np.full(len(dscores), -np.inf)
-  taken = np.zeros(len(gboxes), bool)
-  for i in range(len(dscores)):
-    if best_iou[i] > iou_threshold:
-      j = best[i]
-      if gdiff[j]:
-        continue  # ignored: neither TP nor FP
-      if not taken[j]:
-        tp[i], taken[j] = 1.0, True
-      else:
-        fp[i] = 1.0
-    else:
-      fp[i] = 1.0
-  return dscores, tp, fp
-
-
-def _voc_class_ap(gts, dets, c: int, iou_threshold: float,
-                  use_07_metric: bool) -> tuple[int, float]:
-  """(non-difficult gt count, AP) of class ``c`` over all images."""
-  scores_all, tp_all, fp_all = [], [], []
-  npos = 0
-  for g, d in zip(gts, dets):
-    gmask = g["classes"].astype(np.int64) == c
-    gdiff = g["difficult"][gmask].astype(bool)
-    npos += int(np.sum(~gdiff))
-    dmask = d["classes"].astype(np.int64) == c
-    if not dmask.any():
-      continue
-    scores, tp, fp = _voc_match_image(d["boxes"][dmask], d["scores"][dmask],
-                                      g["boxes"][gmask], gdiff, iou_threshold)
-    scores_all.append(scores)
-    tp_all.append(tp)
-    fp_all.append(fp)
-  if npos == 0:
-    return 0, UNDEFINED
-  if scores_all:
-    order = np.argsort(-np.concatenate(scores_all), kind="stable")
-    tp = np.concatenate(tp_all)[order]
-    fp = np.concatenate(fp_all)[order]
-    counted = (tp + fp) > 0          # drop ignored (difficult) detections
-    tp, fp = np.cumsum(tp[counted]), np.cumsum(fp[counted])
-  else:
-    tp = fp = np.zeros((0,))
-  rec = tp / float(npos)
-  prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-  return npos, voc_ap(rec, prec, use_07_metric)
+  if pr_curves:
+    out["pr_curves"] = {"recall": rec_thrs.tolist(), "precision": curves,
+                        "source": "VOC matching, interpolated precision"}
+  return out
 
 
 def format_voc_table(metrics: Mapping[str, Any]) -> str:

@@ -22,7 +22,8 @@ FLOORS = [
     ("ops", "pure jax.numpy ops"),
     ("frcnn_jax.compiler_options frcnn_jax.metrics frcnn_jax.vis "
      "frcnn_jax.metric_writers frcnn_jax.run_lock frcnn_jax.parallel "
-     "frcnn_jax.paths frcnn_jax.siblings",
+     "frcnn_jax.console frcnn_jax.analysis frcnn_jax.paths frcnn_jax.siblings "
+     "frcnn_jax.voc_metrics",
      "leaves"),
     ("frcnn_jax.data", "data: records, readers, transforms, loaders"),
     ("frcnn_jax.modeling", "the detector's stages"),
@@ -36,7 +37,8 @@ FLOORS = [
      "frcnn_jax.exporting",
      "configs, command lines, the Python API, export"),
     ("train eval demo configs frcnn_jax.weights.__main__ frcnn_jax.train "
-     "frcnn_jax.eval frcnn_jax.demo frcnn_jax.export", "entry points"),
+     "frcnn_jax.eval frcnn_jax.demo frcnn_jax.export frcnn_jax.browse",
+     "entry points"),
 ]
 FLOOR_OF = {prefix: i for i, (names, _) in enumerate(FLOORS)
             for prefix in names.split()}

@@ -136,6 +136,43 @@ def test_images_text_and_close(tmp_path):
   assert "vis/0" in acc.Tags()["images"]
   img = acc.Images("vis/0")[0]
   assert (img.step, img.width, img.height) == (3, 10, 8)
+  assert "config" in acc.Tags()["tensors"]
+  text = acc.Tensors("config")[0]
+  assert text.step == 3
+  assert text.tensor_proto.string_val[0].decode() == "lr: 0.001"
+
+
+def test_grouped_names_one_writer_stack_and_file_order(tmp_path):
+  """Names go to both files as given (TensorBoard groups by the first part);
+  the event files come from the tensorboard package alone, named so that
+  sorting them gives their creation order."""
+  import subprocess
+  import sys
+  code = f"""
+import sys
+from frcnn_jax import metric_writers as mw
+with mw.MetricWriter({str(tmp_path)!r}, process_index=0) as w:
+  w.write_scalars(1, {{"train/loss_total": 2.0, "train/lr": 0.1}})
+  w.write_scalars(1, {{"eval/AP": 0.5}})
+  for _ in range(3):
+    w.rewind(1)
+assert "tensorboardX" not in sys.modules, "tensorboardX imported"
+assert "tensorflow" not in sys.modules, "tensorflow imported"
+"""
+  from tests.conftest import REPO
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rec = _jsonl(tmp_path / "metrics.jsonl")
+  assert rec[0]["train/loss_total"] == 2.0 and rec[1]["eval/AP"] == 0.5
+  acc = EventAccumulator(str(tmp_path / "tensorboard"))
+  acc.Reload()
+  assert {"train/loss_total", "train/lr", "eval/AP"} <= set(
+      acc.Tags()["scalars"])
+  files = sorted(os.listdir(tmp_path / "tensorboard"))
+  assert len(files) == 4
+  made = [os.stat(tmp_path / "tensorboard" / f).st_mtime_ns for f in files]
+  assert made == sorted(made)
 
 
 def test_rewind_mid_run_and_restart_from_scratch(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from frcnn_jax import metrics as M
+from frcnn_jax import voc_metrics
 
 
 # ---------------------------------------------------------------------------
@@ -199,7 +200,46 @@ def test_coco_known_ap_by_hand(evaluator):
     assert m[k] == pytest.approx(2 / 3), k
   assert m["per_class_AP"]["thing"] == pytest.approx(expected)
   assert m["per_class_AP50"]["thing"] == pytest.approx(expected)
-  assert "n/a" in M.format_coco_table(m)
+  assert m["per_class_AP75"]["thing"] == pytest.approx(expected)
+  assert m["per_class_AR100"]["thing"] == pytest.approx(2 / 3)
+  assert m["per_class_num_gt"]["thing"] == 3
+  table = M.format_coco_table(m)
+  # pycocotools' own lines print -1.000; without them (faster-coco-eval
+  # does not print its summary) the numbers by name print n/a.
+  undefined = "-1.000" if evaluator == "pycocotools" else "n/a"
+  assert undefined in table and "thing" in table
+  # The PR curve at IoU .5: the interpolated precision by hand.
+  m = M.coco_evaluate(gt, results, pr_curves=True)
+  curve = m["pr_curves"]["precision"]["thing"]["0.5"]
+  assert len(m["pr_curves"]["recall"]) == 101
+  np.testing.assert_allclose(curve, [1.0] * 34 + [2 / 3] * 33 + [0.0] * 34)
+
+
+def test_coco_summary_is_pycocotools_verbatim(capsys):
+  """The 12 summary lines are exactly what COCOeval.summarize() prints."""
+  import contextlib
+  import io
+  from pycocotools.cocoeval import COCOeval
+  gboxes = {1: [10, 10, 50, 50], 2: [60, 60, 40, 50]}
+  gt = make_coco_gt([1, 2], [(i, 1, b) for i, b in gboxes.items()],
+                    [(1, "thing")])
+  results = [{"image_id": 1, "category_id": 1, "bbox": [12, 10, 50, 50],
+              "score": 0.9}]
+  m = M.coco_evaluate(gt, results)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+  with contextlib.redirect_stdout(out := io.StringIO()):
+    ev.summarize()
+  want = out.getvalue().rstrip("\n").split("\n")
+  assert len(want) == 12 and m["summary"] == want
+  table = M.format_coco_table(m)
+  assert table.split("\n")[:12] == want
+  no_summary = {k: v for k, v in m.items() if k != "summary"}
+  first = M.format_coco_table(no_summary).split("\n")[0]
+  assert first.split() == ["AP", f"{m['AP']:.3f}"]
 
 
 @pytest.mark.parametrize("evaluator", M.COCO_EVALUATORS)
@@ -381,7 +421,7 @@ def test_voc_evaluate_by_hand():
 
 def test_voc_iou_plus_one_and_strict_threshold():
   # Inclusive widths: [0,0,9,9] vs [5,0,14,9]: inter 5*10, union 150 -> 1/3.
-  assert M.voc_iou([[0, 0, 9, 9]], [[5, 0, 14, 9]])[0, 0] == pytest.approx(1 / 3)
+  assert voc_metrics.voc_iou([[0, 0, 9, 9]], [[5, 0, 14, 9]])[0, 0] == pytest.approx(1 / 3)
   # IoU exactly 0.5 is not a match (voc_eval uses >): [0,0,9,9] vs [0,0,19,9]
   # -> 100 / 200.
   gt = [_img([[0, 0, 19, 9]], [1])]

@@ -65,11 +65,16 @@ def data_root(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tiny_shapes"))
 
 
+# What the reference run printed (stdout), for the console tests.
+REFERENCE_OUTPUT = {}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_root):
   workdir = str(tmp_path_factory.mktemp("ref"))
-  run("train.py", COMMON + [f"--workdir={workdir}",
-                            f"--config.data.root={data_root}"])
+  proc = run("train.py", COMMON + [f"--workdir={workdir}",
+                                   f"--config.data.root={data_root}"])
+  REFERENCE_OUTPUT["stdout"] = proc.stdout
   return workdir
 
 
@@ -91,15 +96,34 @@ def test_train_writes_everything(reference):
                                                     "metrics.jsonl"))]
   assert [r["step"] for r in rows] == list(range(10, STEPS + 1, 10))
   for k in ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box",
-            "loss_total", "lr", "images_per_sec"):
-    assert all(np.isfinite(r[k]) for r in rows), k
+            "loss_total", "lr", "images_per_sec", "data_wait_ms"):
+    assert all(np.isfinite(r[f"train/{k}"]) for r in rows), k
   from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(
       os.path.join(reference, "tensorboard"))
   acc.Reload()
-  assert "loss_total" in acc.Tags()["scalars"]
+  assert "train/loss_total" in acc.Tags()["scalars"]
   with open(os.path.join(reference, "loss_curves.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # The console of a run whose output is not a terminal: plain lines, one
+  # per log interval, then the closing summary.
+  out = REFERENCE_OUTPUT["stdout"]
+  assert "\r" not in out
+  lines = [l for l in out.splitlines() if l.startswith("step ")]
+  assert [int(l.split()[1].split("/")[0]) for l in lines] == list(
+      range(10, STEPS + 1, 10))
+  for l, r in zip(lines, rows):
+    assert f"loss {r['train/loss_total']:.4f} (rpn_cls " in l, l
+    assert " img/s " in l and "ms/step" in l and " eta " in l, l
+  assert f"done: {STEPS} steps (0 -> {STEPS}) in " in out
+  assert (f"next: python eval.py --config=configs/tiny.py "
+          f"--config.checkpoint.async_save=false --config.data.root="
+          f"{data_root_of(reference)} --workdir={reference}") in out
+  assert f"{reference}/checkpoints  (steps 100, 150, 200)" in out
+
+
+def data_root_of(workdir):
+  return json.load(open(os.path.join(workdir, "config.json")))["data"]["root"]
 
 
 def test_eval_reports_coco_map(reference, data_root, tmp_path):
@@ -108,7 +132,8 @@ def test_eval_reports_coco_map(reference, data_root, tmp_path):
   proc = run("eval.py", ["--config=configs/tiny.py", f"--workdir={reference}",
                          f"--config.data.root={data_root}", "--split=train",
                          "--vis=2", f"--out={tmp_path}"])
-  assert "AP   @[IoU=0.50:0.95" in proc.stdout
+  assert (" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | "
+          "maxDets=100 ] = ") in proc.stdout       # pycocotools' own line
   m = json.load(open(tmp_path / "metrics.json"))
   assert m["num_images"] == 24
   assert m["coco"]["AP50"] > 0.15, m["coco"]
@@ -133,12 +158,12 @@ def test_demo_writes_pngs_and_json(reference, data_root, tmp_path):
   assert {"box", "score", "class", "class_id"} <= set(d)
 
 
-def _jsonl_steps(workdir):
+def _jsonl_steps(workdir, key="train/loss_total"):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l)["step"] for l in f]
+    return [r["step"] for r in map(json.loads, f) if key in r]
 
 
-def _tensorboard_steps(workdir, tag="loss_total"):
+def _tensorboard_steps(workdir, tag="train/loss_total"):
   from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(
       os.path.join(workdir, "tensorboard"), size_guidance={"scalars": 0})
@@ -320,7 +345,8 @@ def test_image_list_json_is_evaluated_without_ap(reference, data_root,
                          "--config.data.name=coco",
                          f"--config.data.root={root}", "--split=testdev",
                          f"--out={out}"])
-  assert "no AP computed" in proc.stdout and "AP   @" not in proc.stdout
+  assert "no AP computed" in proc.stdout
+  assert "Average Precision" not in proc.stdout
   dets = json.load(open(out / "detections.json"))
   assert {r["image_id"] for r in dets} <= {im["id"] for im in d["images"]}
   assert dets and "coco" not in json.load(open(out / "metrics.json"))
@@ -425,3 +451,164 @@ def test_rollback_skips_the_bad_batch_and_goes_on(data_root, tmp_path,
   for pos in range(meta["data_iter"]["step"]):
     _, ids = loader.global_batch_plan(pos)
     assert (bad_image in ids.tolist()) == (pos in skipped), pos
+
+
+LOSSES = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box")
+
+
+def _counting_step(graphdef, tx, schedule):
+  """A stand-in train step (no model compute): loss k of step s (1-based)
+  is (k + 1) * s, so the mean over an interval is known by hand."""
+  import jax.numpy as jnp
+
+  def step(state, batch):
+    s = (state.step + 1).astype(jnp.float32)
+    m = {k: (i + 1) * s for i, k in enumerate(LOSSES)}
+    m.update(loss_total=10 * s, grad_norm=s, lr=schedule(state.step),
+             finite=jnp.asarray(True))
+    return state.replace(step=state.step + 1), m
+  return step
+
+
+def _small_config(data_root, **train):
+  from configs import tiny
+  c = tiny.get_config()
+  c.data.root = data_root
+  c.train.num_steps = 20
+  c.train.log_every = 10
+  c.checkpoint.every_steps = 10
+  c.checkpoint.async_save = False
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def test_console_and_logs_are_interval_means(data_root, tmp_path,
+                                             monkeypatch, capsys):
+  """Every logged loss is the mean of its interval's steps; plain lines
+  when stdout is no terminal; without matplotlib the run still ends and
+  says how to get the plot."""
+  import sys
+  from frcnn_jax import train_lib
+  monkeypatch.setattr(train_lib, "make_train_step", _counting_step)
+  monkeypatch.setitem(sys.modules, "matplotlib", None)   # not installed
+  workdir = str(tmp_path / "means")
+  train_lib.train(_small_config(data_root), workdir, eval_command="EVAL")
+  out = capsys.readouterr().out
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [10, 20]
+  for r, steps in zip(rows, (range(1, 11), range(11, 21))):
+    mean = float(np.mean(list(steps)))
+    for i, k in enumerate(LOSSES):
+      assert r[f"train/{k}"] == pytest.approx((i + 1) * mean), k
+    assert r["train/loss_total"] == pytest.approx(10 * mean)
+  # lr is the last step's (warmup 10 steps to 0.04, then flat).
+  assert rows[0]["train/lr"] == pytest.approx(0.04 * (1 / 3 + 2 / 3 * 0.9))
+  assert "\r" not in out
+  lines = [l for l in out.splitlines() if l.startswith("step ")]
+  assert len(lines) == 2
+  assert lines[0].startswith("step 10/20  ep 1.67  loss 55.0000 (rpn_cls "
+                             "5.5000 rpn_box 11.0000 cls 16.5000 box "
+                             "22.0000)  lr ")
+  assert "done: 20 steps (0 -> 20) in " in out and "next: EVAL" in out
+  assert "curves       not drawn: pip install matplotlib" in out
+  assert not os.path.exists(os.path.join(workdir, "loss_curves.png"))
+  assert "no evaluation during training" in out
+
+
+def test_best_checkpoints_follow_the_eval_metric(data_root, tmp_path,
+                                                 monkeypatch, capsys):
+  """checkpoint.keep_best=2 keeps the two best evaluated states by AP in
+  <workdir>/best (a model folder inference reads); a resumed run forgets
+  the best states after its checkpoint and evaluates those steps again."""
+  from frcnn_jax import eval_lib, train_lib
+  monkeypatch.setattr(train_lib, "make_train_step", _counting_step)
+  ap_of = {10: 0.3, 20: 0.5, 30: 0.4}
+
+  def fake_evaluate(predict_fn, params, rest, loader, mesh, **kw):
+    step = int(kw["desc"].split("@")[1])
+    ap = ap_of[step]
+    return {"num_images": 8, "num_detections": 3,
+            "coco": {"AP": ap, "AP50": ap, "AP75": ap,
+                     "summary": [f"fake summary AP={ap}"]}}
+
+  monkeypatch.setattr(train_lib.eval_lib, "evaluate", fake_evaluate)
+  c = _small_config(data_root, num_steps=30, eval_every=10)
+  c.checkpoint.keep_best = 2
+  workdir = str(tmp_path / "best")
+  train_lib.train(c, workdir, eval_command="EVAL")
+  out = capsys.readouterr().out
+  assert "fake summary AP=0.5" in out                   # printed when run
+  best = os.path.join(workdir, "best", "checkpoints")
+  assert _checkpoint_dirs(best) == [20, 30]
+  meta = json.load(open(os.path.join(best, "20", "meta", "metadata")))
+  assert meta["best_metric"] == "AP" and meta["best_value"] == 0.5
+  assert f"{workdir}/best  (step 20, AP 0.5000)" in out
+  evals = [json.loads(l) for l in open(os.path.join(workdir,
+                                                    "metrics.jsonl"))
+           if "eval/AP" in l]
+  assert [(r["step"], r["eval/AP"]) for r in evals] == [
+      (10, 0.3), (20, 0.5), (30, 0.4)]
+  # Inference reads the best folder like any model folder.
+  _, _, _, step, names = eval_lib.load_for_inference(
+      c, os.path.join(workdir, "best"), step=20)
+  assert step == 20 and names[1:] == ["circle", "square", "triangle"]
+  # Resume from step 20 (checkpoint 30 lost): best 30 is forgotten, and
+  # step 30, evaluated again with another result, replaces it.
+  import shutil
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))
+  ap_of[30] = 0.45
+  train_lib.train(c, workdir, eval_command="EVAL")
+  assert _checkpoint_dirs(best) == [20, 30]
+  meta = json.load(open(os.path.join(best, "30", "meta", "metadata")))
+  assert meta["best_value"] == 0.45
+
+
+def _checkpoint_dirs(path):
+  return sorted(int(s) for s in os.listdir(path) if s.isdigit())
+
+
+def test_next_eval_command():
+  from frcnn_jax import train_lib
+  argv = ["train.py", "--config=configs/voc07_res101.py",
+          "--config.optimizer.lr=0.01", "--num_cpu_devices=4",
+          "--config", "ignored_second_form.py"]
+  assert train_lib.next_eval_command("runs/x", argv) == (
+      "python eval.py --config=configs/voc07_res101.py "
+      "--config.optimizer.lr=0.01 --config=ignored_second_form.py "
+      "--workdir=runs/x")
+  assert train_lib.next_eval_command("w", ["/src/train.py", "--config=a b"]) \
+      == "python /src/eval.py '--config=a b' --workdir=w"
+  assert train_lib.next_eval_command("w", ["pytest"]) == (
+      "python eval.py --config=<the config file> --workdir=w")
+
+
+def test_evaluation_times_compilation_apart():
+  """predict_dataset counts the first batch of every new shape (it traces
+  and compiles) as compilation, once per shape over calls."""
+  from frcnn_jax import eval_lib, parallel
+  mesh = parallel.create_mesh(1)
+  compiled = set()
+
+  def predict(params, rest, image, im_info, image_id):
+    if image.shape not in compiled:     # a stand-in for jit compilation
+      compiled.add(image.shape)
+      time.sleep(0.3)
+    n = image.shape[0]
+    return dict(boxes=np.zeros((n, 1, 4)), scores=np.zeros((n, 1)),
+                classes=np.ones((n, 1), int), valid=np.zeros((n, 1), bool),
+                image_id=image_id)
+
+  def batch(i, w):
+    return dict(image=np.zeros((1, 8, w, 3), np.uint8),
+                im_info=np.ones((1, 3), np.float32),
+                image_id=np.array([i], np.int32))
+
+  loader = [batch(0, 8), batch(1, 8), batch(2, 16), batch(3, 8)]
+  timing = {}
+  out = eval_lib.predict_dataset(predict, None, None, loader, mesh,
+                                 timing=timing)
+  assert out["image_id"].tolist() == [0, 1, 2, 3]
+  assert 0.6 <= timing["compile_s"] < 1.5
+  eval_lib.predict_dataset(predict, None, None, loader, mesh, timing=timing)
+  assert timing["compile_s"] < 1.5          # nothing new the second time

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 import logging
 import numbers
@@ -163,14 +162,15 @@ def read_coco(ann_file: str, image_dir: str, *, name: str = '',
       file_names=table.file_names, categories=cats, ann_file=ann_file,
       stats=stats, has_annotations=has_annotations)
   del anns
-  records = _records(table, ann, ann_file, stats)
+  dropped = {}
+  records = _records(table, ann, ann_file, stats, dropped)
   reader = images_lib.ImageReader(exif_transpose=exif_transpose)
   images_lib.check_files(records, verify_images, reader, name)
   return records_lib.DetectionSource(
       name=name, records=records, class_names=class_names, cat_ids=cat_ids,
       reader=reader, stats=stats,
       coco_gt_fn=functools.partial(coco_gt_lib.to_coco, gt),
-      has_annotations=has_annotations)
+      has_annotations=has_annotations, dropped=dropped)
 
 
 def _read_categories(cats: list, ann_file: str) -> tuple[list[int],
@@ -264,6 +264,7 @@ class _Annotations:
   image: np.ndarray | None = None  # int64 [m] index into the image table
   cls: np.ndarray | None = None    # int64 [m] contiguous class
   ok: np.ndarray | None = None     # bool [m] known image and category
+  unknown_cat: np.ndarray | None = None  # bool [m] known image, unknown cat.
 
 
 def _read_annotations(anns: Columns, table: _ImageTable, cat_ids: list[int],
@@ -295,6 +296,7 @@ def _read_annotations(anns: Columns, table: _ImageTable, cat_ids: list[int],
   a.image, known_image = _lookup(table.ids, a.image_id)
   cpos, known_cat = _lookup(np.asarray(cat_ids, np.int64), a.category_id)
   a.ok = known_image & known_cat
+  a.unknown_cat = known_image & ~known_cat
   a.cls = np.where(a.ok, cpos + 1, 0)
   for j in np.flatnonzero(~a.ok):
     where = (f'annotations[{j}] (annotation id {_ann_id(a, j)}, image_id '
@@ -363,8 +365,9 @@ def _read_annotations_one_by_one(anns: Columns,
 
 
 def _records(t: _ImageTable, a: _Annotations, ann_file: str,
-             stats: DropStats) -> list[Record]:
-  """Sanitised boxes (vectorised over all annotations) grouped by image."""
+             stats: DropStats, dropped: dict) -> list[Record]:
+  """Sanitised boxes (vectorised over all annotations) grouped by image;
+  the boxes left out go to ``dropped`` with their reason."""
   def where_of(sub):
     def f(k):
       j = sub[k]
@@ -374,10 +377,20 @@ def _records(t: _ImageTable, a: _Annotations, ann_file: str,
 
   sel = np.flatnonzero(a.ok)
   sub_boxes = box_ops.xywh_to_xyxy(a.xywh[sel])  # sanitize_boxes clips it.
-  keep = records_lib.sanitize_boxes(sub_boxes, t.heights[a.image[sel]],
-                                    t.widths[a.image[sel]], stats,
-                                    where_of(sel))
+  keep, reasons = records_lib.sanitize_boxes(
+      sub_boxes, t.heights[a.image[sel]], t.widths[a.image[sel]], stats,
+      where_of(sel), with_reasons=True)
   crowd_sel = a.crowd[sel]
+  reasons[keep & crowd_sel] = 'box_crowd'
+  for k in np.flatnonzero(reasons != ''):
+    j = sel[k]
+    box = sub_boxes[k] if keep[k] else box_ops.xywh_to_xyxy(a.xywh[j:j + 1])
+    records_lib.add_dropped(dropped, t.ids[a.image[j]], box, [a.cls[j]],
+                            [reasons[k]])
+  for j in np.flatnonzero(a.unknown_cat):
+    records_lib.add_dropped(dropped, t.ids[a.image[j]],
+                            box_ops.xywh_to_xyxy(a.xywh[j:j + 1]), [0],
+                            ['box_unknown_category'])
   n_crowd = int((keep & crowd_sel).sum())
   if n_crowd:
     stats.add('box_crowd', n_crowd, example=f'{ann_file}: {n_crowd} iscrowd '

@@ -94,6 +94,34 @@ class Record:
       return f'{self.path} (image_id {self.image_id})'
     return f'TFDS example {self.index} (image_id {self.image_id})'
 
+@dataclasses.dataclass
+class DroppedBox:
+  """A ground-truth box the reader kept out of the records, and why.
+
+  Attributes:
+    box: float64 ``[4]`` inclusive ``(x1, y1, x2, y2)`` original pixels as
+      annotated (not clipped; may be inverted or non-finite).
+    class_id: contiguous class, 0 when the category is unknown.
+    reason: the ``DropStats`` reason (``box_non_finite``, ``box_inverted``,
+      ``box_zero_area``, ``box_outside``, ``box_unknown_category``,
+      ``box_crowd``).
+  """
+  box: np.ndarray
+  class_id: int
+  reason: str
+
+
+def add_dropped(dropped: dict[int, list[DroppedBox]], image_id: int,
+                boxes: np.ndarray, classes: np.ndarray,
+                reasons: Sequence[str]) -> None:
+  """Appends ``DroppedBox`` es of one image (rows with reason '' skipped)."""
+  for b, c, r in zip(np.asarray(boxes, np.float64).reshape(-1, 4),
+                     np.asarray(classes).reshape(-1), reasons):
+    if r:
+      dropped.setdefault(int(image_id), []).append(
+          DroppedBox(box=b.copy(), class_id=int(c), reason=str(r)))
+
+
 class DropStats:
   """Counts of everything dropped, clipped or skipped, with reasons.
 
@@ -139,20 +167,49 @@ class DropStats:
   def __repr__(self) -> str:
     return f'DropStats({self.summary()})'
 
+BOX_DROP_REASONS = ('box_non_finite', 'box_inverted', 'box_zero_area',
+                    'box_outside')
+
+
+def box_drop_reasons(boxes: np.ndarray, height, width) -> np.ndarray:
+  """Why each box is unusable: object ``[n]`` of ``BOX_DROP_REASONS``
+  entries (the first that applies, in that order), '' for a usable box.
+
+  ``box_non_finite``: a NaN or infinite coordinate; ``box_inverted``:
+  negative extent, ``x2 - x1 + 1 < 0`` (or in y); ``box_zero_area``: extent
+  in ``[0, 1)``; ``box_outside``: no pixel inside the ``width x height``
+  image (scalars or ``[n]``).
+  """
+  n = boxes.shape[0]
+  reasons = np.full(n, '', dtype=object)
+  if n == 0:
+    return reasons
+  height = np.broadcast_to(np.asarray(height, np.float64), (n,))
+  width = np.broadcast_to(np.asarray(width, np.float64), (n,))
+  with np.errstate(invalid='ignore'):
+    bw = boxes[:, 2] - boxes[:, 0] + 1
+    bh = boxes[:, 3] - boxes[:, 1] + 1
+    tests = (~np.isfinite(boxes).all(axis=1), (bw < 0) | (bh < 0),
+             (bw < 1) | (bh < 1),
+             (boxes[:, 2] < 0) | (boxes[:, 3] < 0) |
+             (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1))
+  for reason, hit in zip(BOX_DROP_REASONS, tests):
+    reasons[hit & (reasons == '')] = reason
+  return reasons
+
+
 def sanitize_boxes(boxes: np.ndarray, height, width, stats: DropStats,
-                   where: Callable[[int], str]) -> np.ndarray:
+                   where: Callable[[int], str], *,
+                   with_reasons: bool = False):
   """Validates boxes (of one image or many); returns the mask of boxes to keep.
 
   Boxes are modified in place: those partly outside their image are clipped
   to ``[0, width - 1] x [0, height - 1]``.
 
-  Drop reasons (counted in ``stats``, first examples logged):
-    ``box_non_finite``: a NaN or infinite coordinate;
-    ``box_inverted``: negative extent, ``x2 - x1 + 1 < 0`` (or in y): a
-      negative COCO width/height, VOC ``xmax < xmin - 1``;
-    ``box_zero_area``: extent ``x2 - x1 + 1`` (or in y) in ``[0, 1)``:
-      COCO width 0 or 0.4, VOC ``xmax = xmin - 1``, TFDS ``xmax = xmin``;
-    ``box_outside``: no pixel inside the image;
+  Drop reasons (:func:`box_drop_reasons`; counted in ``stats``, first
+  examples logged): ``box_non_finite``, ``box_inverted`` (a negative COCO
+  width/height, VOC ``xmax < xmin - 1``), ``box_zero_area`` (COCO width 0
+  or 0.4, VOC ``xmax = xmin - 1``, TFDS ``xmax = xmin``), ``box_outside``;
   and ``box_clipped`` counts the boxes kept after clipping.
 
   Args:
@@ -160,50 +217,42 @@ def sanitize_boxes(boxes: np.ndarray, height, width, stats: DropStats,
     height, width: image size in pixels, scalars or ``[n]`` (per box).
     stats: where counts go.
     where: box index -> "file, image id, annotation id" for the messages.
+    with_reasons: also return the reasons.
 
   Returns:
-    bool ``[n]`` keep mask.
+    bool ``[n]`` keep mask (and, ``with_reasons``, object ``[n]`` reasons,
+    '' for kept boxes).
   """
   n = boxes.shape[0]
-  keep = np.ones(n, bool)
+  reasons = box_drop_reasons(boxes, height, width)
+  keep = reasons == ''
   if n == 0:
-    return keep
+    return (keep, reasons) if with_reasons else keep
   height = np.broadcast_to(np.asarray(height, np.float64), (n,))
   width = np.broadcast_to(np.asarray(width, np.float64), (n,))
+  what = {
+      'box_non_finite': lambda i: f'field bbox = {boxes[i].tolist()}',
+      'box_inverted': lambda i: (f'field bbox has negative width or height: '
+                                 f'{boxes[i].tolist()} (x1,y1,x2,y2)'),
+      'box_zero_area': lambda i: (f'field bbox is under one pixel wide or '
+                                  f'high: {boxes[i].tolist()} (x1,y1,x2,y2)'),
+      'box_outside': lambda i: (f'field bbox {boxes[i].tolist()} '
+                                f'(x1,y1,x2,y2) is outside the '
+                                f'{width[i]:.0f}x{height[i]:.0f} image'),
+  }
+  for reason in BOX_DROP_REASONS:
+    for i in np.flatnonzero(reasons == reason):
+      stats.add(reason, example=f'{where(i)}: {what[reason](i)}')
   with np.errstate(invalid='ignore'):
-    finite = np.isfinite(boxes).all(axis=1)
-    for i in np.flatnonzero(~finite):
-      stats.add('box_non_finite', example=f'{where(i)}: field bbox = '
-                f'{boxes[i].tolist()}')
-    keep &= finite
-    bw = boxes[:, 2] - boxes[:, 0] + 1
-    bh = boxes[:, 3] - boxes[:, 1] + 1
-    inverted = keep & ((bw < 0) | (bh < 0))
-    for i in np.flatnonzero(inverted):
-      stats.add('box_inverted', example=f'{where(i)}: field bbox has '
-                f'negative width or height: {boxes[i].tolist()} (x1,y1,x2,y2)')
-    keep &= ~inverted
-    small = keep & ((bw < 1) | (bh < 1))
-    for i in np.flatnonzero(small):
-      stats.add('box_zero_area', example=f'{where(i)}: field bbox is under '
-                f'one pixel wide or high: {boxes[i].tolist()} (x1,y1,x2,y2)')
-    keep &= ~small
-    outside = keep & ((boxes[:, 2] < 0) | (boxes[:, 3] < 0) |
-                      (boxes[:, 0] > width - 1) | (boxes[:, 1] > height - 1))
-    for i in np.flatnonzero(outside):
-      stats.add('box_outside', example=f'{where(i)}: field bbox '
-                f'{boxes[i].tolist()} (x1,y1,x2,y2) is outside the '
-                f'{width[i]:.0f}x{height[i]:.0f} image')
-    keep &= ~outside
     hi = np.stack([width - 1, height - 1, width - 1, height - 1], axis=1)
     clipped = np.clip(boxes, 0.0, hi)
     changed = keep & (clipped != boxes).any(axis=1)
-    for i in np.flatnonzero(changed):
-      stats.add('box_clipped', example=f'{where(i)}: field bbox '
-                f'{boxes[i].tolist()} (x1,y1,x2,y2) clipped to the '
-                f'{width[i]:.0f}x{height[i]:.0f} image', level=logging.INFO)
-    boxes[keep] = clipped[keep]
-  return keep
+  for i in np.flatnonzero(changed):
+    stats.add('box_clipped', example=f'{where(i)}: field bbox '
+              f'{boxes[i].tolist()} (x1,y1,x2,y2) clipped to the '
+              f'{width[i]:.0f}x{height[i]:.0f} image', level=logging.INFO)
+  boxes[keep] = clipped[keep]
+  return (keep, reasons) if with_reasons else keep
 
 def group_boxes(image_index: np.ndarray, num_images: int, *arrays):
   """Splits per-box arrays into per-image lists (stable: input order kept)."""
@@ -240,13 +289,16 @@ class DetectionSource:
     has_annotations: False for an image list without ground truth (a COCO
       json without ``annotations``, like ``image_info_test-dev2017.json``):
       evaluation writes detections but computes no AP; training refuses it.
+    dropped: ``image_id -> [DroppedBox]``: the boxes of each image that
+      are not in its record, with the reason (crowd boxes included).
   """
 
   def __init__(self, *, name: str, records: list[Record],
                class_names: Sequence[str], cat_ids: Sequence[int],
                reader: Callable[[Record], np.ndarray], stats: DropStats,
                coco_gt_fn: Callable[[], Any] | None = None,
-               has_annotations: bool = True):
+               has_annotations: bool = True,
+               dropped: dict[int, list[DroppedBox]] | None = None):
     if class_names[0] != BACKGROUND:
       class_names = [BACKGROUND] + list(class_names)
       cat_ids = [0] + list(cat_ids)
@@ -259,6 +311,7 @@ class DetectionSource:
     self._coco_gt_fn = coco_gt_fn
     self._coco_gt = None
     self.has_annotations = bool(has_annotations)
+    self.dropped = dict(dropped or {})
 
   @property
   def num_classes(self) -> int:
@@ -362,6 +415,7 @@ def combine_sources(sources: Sequence[DetectionSource],
   seen = {}
   records = []
   stats = DropStats()
+  dropped = {}
   for s in sources:
     if s.class_names != first.class_names or s.cat_ids != first.cat_ids:
       raise DataError(f'{name}: {s.name} and {first.name} have different '
@@ -373,11 +427,13 @@ def combine_sources(sources: Sequence[DetectionSource],
       seen[r.image_id] = s.name
     records.extend(s.records)
     stats.update(s.stats)
+    dropped.update(s.dropped)
   return DetectionSource(
       name=name, records=records, class_names=first.class_names,
       cat_ids=first.cat_ids, reader=first.reader, stats=stats,
       coco_gt_fn=functools.partial(_merged_coco_gt, list(sources)),
-      has_annotations=all(s.has_annotations for s in sources))
+      has_annotations=all(s.has_annotations for s in sources),
+      dropped=dropped)
 
 def _merged_coco_gt(sources: Sequence[DetectionSource]):
   images, anns = [], []

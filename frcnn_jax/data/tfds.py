@@ -116,12 +116,12 @@ def read_tfds(name: str, split: str, data_dir: str | None = None, *,
     scanned = list(pool.map(scan, range(len(ds))))
   fnames = [_as_str(ex.get('image/filename', '')) for _, ex, _, _ in scanned]
   ids = _image_ids(scanned, fnames, 'image/id' in feats, what)
-  records, crowd = [], {}
+  records, crowd, dropped = [], {}, {}
   for (i, ex, h, w), iid, fname in zip(scanned, ids, fnames):
     where = f'TFDS {name} {split} example {i} ({fname}, image_id {iid})'
     rec, crowd_boxes = _example_record(ex['objects'], i, iid, h, w,
                                        len(label_names), one_based, where,
-                                       stats)
+                                       stats, dropped)
     records.append(rec)
     if crowd_boxes is not None:
       crowd[iid] = crowd_boxes
@@ -139,7 +139,7 @@ def read_tfds(name: str, split: str, data_dir: str | None = None, *,
 
   return records_lib.DetectionSource(
       name=what, records=records, class_names=class_names, cat_ids=cat_ids,
-      reader=reader, stats=stats, coco_gt_fn=coco_gt)
+      reader=reader, stats=stats, coco_gt_fn=coco_gt, dropped=dropped)
 
 
 def _label_names(feats, name: str) -> list[str]:
@@ -175,8 +175,9 @@ def _image_ids(scanned, fnames: list[str], has_id: bool,
 
 def _example_record(objs, index: int, iid: int, h: int, w: int,
                     num_labels: int, one_based: bool, where: str,
-                    stats: DropStats):
-  """(Record, crowd (boxes, classes) or None) of one example's objects.
+                    stats: DropStats, dropped: dict):
+  """(Record, crowd (boxes, classes) or None) of one example's objects;
+  the boxes left out go to ``dropped`` with their reason.
 
   Normalized ``[ymin, xmin, ymax, xmax]`` -> inclusive pixels
   ``(xmin * W, ymin * H, xmax * W - 1, ymax * H - 1)``; VOC's 1-based
@@ -197,9 +198,15 @@ def _example_record(objs, index: int, iid: int, h: int, w: int,
   for k in np.flatnonzero(~known):
     stats.add('box_unknown_category', example=f'{where}, object {k}: field '
               f'objects/label {labels[k]} outside 0..{num_labels - 1}')
-  keep = records_lib.sanitize_boxes(
-      boxes, h, w, stats, lambda k: f'{where}, object {k}')
+  original = boxes.copy()
+  keep, reasons = records_lib.sanitize_boxes(
+      boxes, h, w, stats, lambda k: f'{where}, object {k}', with_reasons=True)
+  reasons[~known] = 'box_unknown_category'
   keep &= known
+  reasons[keep & is_crowd] = 'box_crowd'
+  records_lib.add_dropped(dropped, iid, np.where(keep[:, None], boxes,
+                                                 original),
+                          np.where(known, labels + 1, 0), reasons)
   crowd = None
   n_crowd = int((keep & is_crowd).sum())
   if n_crowd:

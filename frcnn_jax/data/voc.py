@@ -207,7 +207,7 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
   contiguous = {c: i + 1 for i, c in enumerate(class_names)}
   stats = DropStats()
   reader = images_lib.ImageReader(exif_transpose=exif_transpose)
-  records = []
+  records, dropped = [], {}
   for (name, folder), iid in zip(entries, ids):
     xml_path = os.path.join(folder, 'Annotations', f'{name}.xml')
     img_path = _image_path(folder, name, single)
@@ -224,15 +224,19 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
       if cname not in contiguous:
         stats.add('box_unknown_category', example=f'{xml_path}: {where}, '
                   f'object {k}: field name {cname!r} is not a class')
+        records_lib.add_dropped(dropped, iid, [[v - 1 for v in c]], [0],
+                                ['box_unknown_category'])
         continue
       boxes.append([c[0] - 1, c[1] - 1, c[2] - 1, c[3] - 1])
       classes.append(contiguous[cname])
       difficult.append(diff)
       obj_index.append(k)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    keep = records_lib.sanitize_boxes(
+    keep, reasons = records_lib.sanitize_boxes(
         boxes, int(height), int(width), stats,
-        lambda k: f'{xml_path}: {where}, object {obj_index[k]}')
+        lambda k: f'{xml_path}: {where}, object {obj_index[k]}',
+        with_reasons=True)
+    records_lib.add_dropped(dropped, iid, boxes, classes, reasons)
     records.append(Record(
         image_id=iid, path=img_path, index=None, height=int(height),
         width=int(width), boxes=boxes[keep].astype(np.float32),
@@ -243,7 +247,7 @@ def read_voc(root: str, split: str, *, exif_transpose: bool = True,
   return records_lib.DetectionSource(
       name=f'voc:{split}', records=records, class_names=list(class_names),
       cat_ids=list(range(1, len(class_names) + 1)), reader=reader,
-      stats=stats)
+      stats=stats, dropped=dropped)
 
 
 def build_voc_source(data_config, split: str) -> records_lib.DetectionSource:

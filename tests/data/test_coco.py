@@ -63,6 +63,9 @@ def test_coco_gt_is_the_file_and_perfect_detections_score_one(tmp_path):
   gt = src.coco_gt()
   assert len(gt.dataset['annotations']) == 4  # crowd kept for COCOeval
   assert src.stats['box_crowd'] == 1
+  (crowd,) = src.dropped[2]
+  assert crowd.reason == 'box_crowd' and crowd.class_id == 1
+  np.testing.assert_allclose(crowd.box, [0, 0, 58, 38])
   # Detections = the training boxes written back with w = x2 - x1 + 1.
   dets = []
   for r in src.records:
@@ -154,6 +157,22 @@ def test_bad_boxes_are_counted_drops(tmp_path, caplog):
   assert 'instances_s.json' in msg and 'annotation id 1' in msg
   assert 'image_id 1' in msg and 'bbox' in msg
   assert 'box_non_finite' in caplog.text
+  # Every dropped box of a known image is kept with its reason, as
+  # annotated (for the dataset browser); the unknown image's is not.
+  got = [(d.reason, d.class_id, d.box.tolist()) for d in src.dropped[1]]
+  nan = float('nan')
+  want = [('box_inverted', 1, [10, 10, 4, 14]),
+          ('box_non_finite', 1, [nan, 1, nan, 2]),
+          ('box_non_finite', 1, [1, 1, float('inf'), 2]),
+          ('box_non_finite', 1, [1, 1, nan, 2]),
+          ('box_zero_area', 1, [5, 5, 4, 8]),
+          ('box_zero_area', 1, [5, 5, 4.4, 8]),
+          ('box_outside', 1, [100, 100, 104, 104]),
+          ('box_unknown_category', 0, [3, 4, 7, 9])]
+  assert len(got) == len(want) and set(src.dropped) == {1}
+  for (r, c, b), (wr, wc, wb) in zip(got, want):
+    assert (r, c) == (wr, wc)
+    np.testing.assert_allclose(b, wb)
 
 
 def test_missing_image_file_is_a_build_error(tmp_path):

@@ -104,6 +104,9 @@ def test_records_boxes_and_classes(data_dir):
   assert len(r2.boxes) == 0 and len(r3.boxes) == 0
   assert src.stats['box_crowd'] == 1 and src.stats['box_zero_area'] == 1
   assert src.load_image(r1).shape == (50, 20, 3)
+  reasons = sorted(d.reason for v in src.dropped.values() for d in v)
+  assert reasons == ['box_crowd', 'box_zero_area']
+  assert [d.reason for d in src.dropped[1000]] == ['box_crowd']
 
 
 def test_coco_gt_has_crowd_and_difficult(data_dir):

@@ -124,6 +124,10 @@ def test_bad_boxes_counted(tmp_path):
                                 [[0, 0, 39, 9], [1, 1, 5, 5]])
   assert 'object 0' in st.examples['box_inverted'][0]
   assert '000001.xml' in st.examples['box_inverted'][0]
+  got = [(d.reason, d.class_id) for d in src.dropped[1]]
+  assert got == [('box_unknown_category', 0), ('box_inverted', 8),
+                 ('box_non_finite', 8), ('box_outside', 8)]
+  np.testing.assert_array_equal(src.dropped[1][0].box, [0, 0, 4, 4])
 
 
 def test_missing_size_read_from_image(tmp_path):
