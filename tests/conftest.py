@@ -10,13 +10,19 @@ import sys
 import textwrap
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent XLA compilation cache for the whole session, inherited by
-# the train.py / eval.py subprocesses: identical programs (the same tiny
-# train step in several end-to-end tests) compile once.
+# One persistent XLA compilation cache for the whole session, shared by the
+# xdist workers (keyed on the run's id) and inherited by the train.py /
+# eval.py subprocesses: identical programs (the same tiny train step in
+# several end-to-end tests) compile once.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile  # pylint: disable=g-import-not-at-top
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
-      prefix="frcnn_jax_xla_cache_")
+  _run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  if _run:
+    _cache = os.path.join(tempfile.gettempdir(), f"frcnn_jax_xla_cache_{_run}")
+    os.makedirs(_cache, exist_ok=True)
+  else:
+    _cache = tempfile.mkdtemp(prefix="frcnn_jax_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
