@@ -60,6 +60,8 @@ import numpy as np
 from bench import step as step_bench
 from bench import timing
 
+# When the current run began (main() resets it: the module may be imported
+# long before, e.g. by the tests).
 START = time.perf_counter()
 
 MODELS = {"tiny": "tiny_resnet", "r50": "resnet50", "r101": "resnet101"}
@@ -491,6 +493,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+  global START  # pylint: disable=global-statement
+  START = time.perf_counter()
   args = parse_args(argv)
   import jax  # pylint: disable=import-outside-toplevel
   if not args.smoke:

@@ -58,3 +58,30 @@ def run_with_devices(code: str, n_devices: int, timeout: int = 600, env=None) ->
 def rng():
   import numpy as np
   return np.random.default_rng(0)
+
+
+# The longest tests first (measured with --durations), so that the two
+# xdist workers, fed one test at a time (--maxschedchunk=1 in
+# pyproject.toml), finish together instead of one waiting on the other's
+# tail. Order within a prefix is the collection order.
+_LONG_FIRST = (
+    "tests/test_train.py::test_four_devices_and_two_processes_match_one_device",
+    "tests/test_train.py",
+    "tests/modeling/test_detector.py::test_four_devices_train_like_one",
+    "tests/test_install.py",
+    "tests/modeling/test_detector.py",
+    "tests/modeling/test_detector_fpn_train.py",
+    "tests/test_exporting.py",
+    "tests/modeling/test_canvas.py",
+    "tests/ops/test_roi_align.py",
+    "tests/test_bench_accelerator.py",
+    "tests/weights/test_seed_parity.py",
+    "tests/modeling/test_detector_fpn.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    return next((i for i, prefix in enumerate(_LONG_FIRST)
+                 if item.nodeid.startswith(prefix)), len(_LONG_FIRST))
+  items.sort(key=rank)
