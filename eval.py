@@ -4,9 +4,7 @@ A thin wrapper of ``python -m frcnn_jax.eval`` (``frcnn-eval`` once
 installed); see frcnn_jax/eval.py for the flags.
 """
 
-from absl import app
-
-from frcnn_jax.eval import main
+from frcnn_jax.eval import run
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -4,9 +4,7 @@ A thin wrapper of ``python -m frcnn_jax.train`` (``frcnn-train`` once
 installed); see frcnn_jax/train.py for the flags.
 """
 
-from absl import app
-
-from frcnn_jax.train import main
+from frcnn_jax.train import run
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

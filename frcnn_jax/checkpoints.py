@@ -346,8 +346,17 @@ class Checkpointer:
     return s, out["meta"]
 
   def read_meta(self, step: int | None = None) -> dict:
-    """The JSON ``meta`` of ``step`` (default: newest); {} if there is none."""
+    """The JSON ``meta`` of ``step`` (default: newest); {} if there is none.
+
+    Raises:
+      FileNotFoundError: ``step`` is not one of the saved steps (the message
+        lists them).
+    """
     steps = self.all_steps()
+    if step is not None and step not in steps:
+      raise FileNotFoundError(
+          f"no checkpoint step {step} in {self.directory}; saved steps: "
+          f"{list(steps) or 'none'}")
     if not steps:
       return {}
     step = steps[-1] if step is None else step

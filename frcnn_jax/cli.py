@@ -20,10 +20,14 @@ from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as _config_flags_impl
 
+from frcnn_jax import checkpoints
 from frcnn_jax import config_lib
 from frcnn_jax import paths
+from frcnn_jax import run_config
+from frcnn_jax import run_lock
 from frcnn_jax import siblings
 from frcnn_jax.data import records as data_records
+from frcnn_jax.weights import compat
 
 log = logging.getLogger("frcnn_jax")
 
@@ -53,21 +57,37 @@ class _ConfigFileParser(_config_flags_impl.ConfigFileFlagParser):
 
 
 def _define_config_flag(help_string: str) -> None:
-  # config_flags.DEFINE_config_file with our parser (name or path).
-  flag = _config_flags_impl._ConfigFlag(  # pylint: disable=protected-access
-      parser=_ConfigFileParser(name="config", lock_config=True),
-      serializer=flags.ArgumentSerializer(), name="config",
-      default=config_lib.DEFAULT_CONFIG, help_string=help_string,
-      flag_values=flags.FLAGS)
+  # config_flags.DEFINE_config_file with our parser (name or path). It reads
+  # the --config.<key> overrides of sys.argv at once: a misspelt key is a
+  # user error already here.
+  try:
+    flag = _config_flags_impl._ConfigFlag(  # pylint: disable=protected-access
+        parser=_ConfigFileParser(name="config", lock_config=True),
+        serializer=flags.ArgumentSerializer(), name="config",
+        default=config_lib.DEFAULT_CONFIG, help_string=help_string,
+        flag_values=flags.FLAGS)
+  except (AttributeError, KeyError) as e:
+    print(f"error: {_override_message(None, e)}", file=sys.stderr,
+          flush=True)
+    sys.exit(2)
   flags.DEFINE_flag(flag, flags.FLAGS)
 
 
 def define_common_flags(*, reads_checkpoint: bool) -> None:
   """--config, --workdir (and --step for tools that read a checkpoint),
-  plus the device / distributed flags."""
+  --print_config, plus the device / distributed flags.
+
+  Each tool module then calls ``flags.adopt_module_key_flags(cli)`` so that
+  its ``--help`` lists these flags with its own.
+  """
   _define_config_flag(_CONFIG_HELP + (
       "Default: the config recorded in --workdir, else shapes."
-      if reads_checkpoint else "Default: shapes."))
+      if reads_checkpoint else "Default: shapes.") +
+      " Override any key with --config.<key>=<value>; --print_config lists "
+      "them all.")
+  flags.DEFINE_bool("print_config", False, "Print every config key (after "
+                    "--config and its overrides) with its value and what it "
+                    "means, then exit.")
   if reads_checkpoint:
     flags.DEFINE_string("workdir", "", _CHECKPOINT_WORKDIR_HELP)
     flags.DEFINE_integer("step", -1, "Checkpoint step; -1 = the newest.")
@@ -132,6 +152,109 @@ def setup(f, argv) -> None:
       jax.device_count(), jax.devices()[0].platform)
 
 
+class UserError(Exception):
+  """A mistake on the command line: one message, exit code 2."""
+
+
+# Mistakes of the command line or its files: one message, exit code 2.
+USER_ERRORS = (UserError, config_lib.ConfigError, FileNotFoundError,
+               FileExistsError, siblings.SiblingPackageError)
+
+
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--help=true")
+
+
+def tool_help(module) -> str:
+  """``--help`` of a tool: what it does, its flags, the common ones, and
+  how to see the config keys."""
+  f = flags.FLAGS
+  name = getattr(module, "__name__", str(module))
+  doc = (getattr(module, "__doc__", "") or "").strip()
+  own = "\n".join(line for line in f.module_help(name).splitlines()
+                  if line.startswith(" "))   # Without the module's name.
+  parts = [doc, "", "Flags:", own or "  (none)", "",
+           "Config keys: --print_config prints every key with its value and "
+           "meaning; change one with --config.<key>=<value>, e.g. "
+           "--config.train.num_steps=500. --helpfull: all flags, absl's and "
+           "jax's too."]
+  return "\n".join(parts)
+
+
+def _parse_flags(argv, module=None):
+  """absl's flag parsing with a flag error as one line and exit code 2;
+  ``--help`` prints :func:`tool_help`."""
+  if module is not None and any(a in _HELP_FLAGS for a in argv[1:]):
+    print(tool_help(module))
+    sys.exit(0)
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:   # A misspelt --config.<key>.
+    print(f"error: {_override_message(None, e)}", file=sys.stderr,
+          flush=True)
+    sys.exit(2)
+  except flags.Error as e:
+    print(f"error: {e}\n(--help lists the flags; --print_config the config "
+          f"keys)", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def run_tool(main, *, runtime_errors: tuple = ()) -> None:
+  """``app.run(main)`` for a command-line tool.
+
+  Flag errors, a misspelt or mistyped ``--config.<key>``, an impossible
+  config value, a missing file, folder or checkpoint step are one message
+  on stderr and exit code 2, never a traceback (``USER_ERRORS`` plus the
+  weights' config mismatches and a locked workdir); ``runtime_errors`` (bad
+  dataset files, divergence) are one message and exit code 1.
+  """
+  user = USER_ERRORS + (compat.ConfigMismatchError,
+                        checkpoints.CheckpointMismatchError,
+                        run_lock.WorkdirLockedError,
+                        run_config.ConfigChangedError)
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except user as e:
+      exit_with_message(e, code=2)
+    except (data_records.DataError,) + tuple(runtime_errors) as e:
+      exit_with_message(e, code=1)
+
+  module = sys.modules.get(main.__module__)
+  app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, module))
+
+
+def _config_value(f):
+  """``f.config`` with its overrides; a bad override is a ConfigError."""
+  try:
+    return f.config
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise config_lib.ConfigError(_override_message(f, e)) from None
+
+
+def _override_message(f, error: Exception) -> str:
+  text = str(error.args[0] if error.args else error).strip("'\"")
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  first, _, hint = text.partition("\n")
+  missing = first.strip("'\"")
+  names = [k for k in _override_names(f)
+           if k == missing or missing in k.split(".")]
+  where = f"--config.{names[0]}" if names else "a --config override"
+  return (f"{where}: no such config key{(': ' + hint) if hint else ''}"
+          if isinstance(error, (AttributeError, KeyError)) else
+          f"{where}: {first}") + " (--print_config lists every key)"
+
+
+def _override_names(f) -> list[str]:
+  try:
+    if f is None:
+      raise KeyError
+    return list(config_flags.get_override_values(f["config"]))
+  except Exception:  # pylint: disable=broad-except
+    return [a.split("=", 1)[0][len("--config."):] for a in sys.argv
+            if a.startswith("--config.")]
+
+
 def load_config(f, *, check_paths: bool = True, workdir: str | None = None):
   """The --config (with overrides), paths absolute, validated.
 
@@ -150,10 +273,13 @@ def load_config(f, *, check_paths: bool = True, workdir: str | None = None):
         config_lib.set_override(config, key, value)
       log.info("config: the one recorded in %s", workdir)
   if config is None:
-    config = f.config
+    config = _config_value(f)
     if isinstance(config, _config_flags_impl._ErrorConfig):  # pylint: disable=protected-access
       config.lock()  # Raises the error of the default config.
   config = paths.resolve_paths(config)
+  if f.print_config:
+    print(config_lib.describe(config))
+    sys.exit(0)
   if workdir is not None and f["config"].present:
     _warn_other_paths(config, workdir)
   config_lib.validate(config, check_paths=check_paths)
@@ -177,22 +303,20 @@ def _warn_other_paths(config, workdir: str) -> None:
                 "config it recorded", workdir, ", ".join(diffs))
 
 
-def exit_on_data_error(fn, *args, **kwargs):
-  """``fn(*args, **kwargs)``; a dataset error ends the program with its
-  message (no traceback) and exit code 1."""
-  try:
-    return fn(*args, **kwargs)
-  except data_records.DataError as e:
-    exit_with_message(e, code=1)
-
-
-def workdir(f) -> str:
-  """--workdir, or runs/<config file name without .py>."""
+def workdir(f, *, must_exist: bool = False) -> str:
+  """--workdir, or runs/<config file name without .py>; ``must_exist``
+  (tools that read one): a missing folder is a :class:`UserError`."""
   if f.workdir:
-    return f.workdir
-  path = config_flags.get_config_filename(f["config"])
-  name = os.path.splitext(os.path.basename(path.split(":")[0]))[0]
-  return os.path.join("runs", name)
+    path = f.workdir
+  else:
+    config_file = config_flags.get_config_filename(f["config"])
+    name = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
+    path = os.path.join("runs", name)
+  if must_exist and not os.path.isdir(path):
+    raise UserError(f"--workdir={path}: no such folder (a train workdir, or "
+                    f"a folder written by python -m frcnn_jax.weights "
+                    f"convert)")
+  return path
 
 
 def exit_with_message(error: BaseException, code: int) -> None:

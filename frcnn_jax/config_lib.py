@@ -23,6 +23,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -504,3 +505,90 @@ def validate(config: ml_collections.ConfigDict, *,
   _check_training(c, config)
   if c.errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(c.errors))
+
+
+# -- --print_config -------------------------------------------------------------
+
+def _docstring_fields(doc: str) -> dict[str, str]:
+  """``name: text`` entries of a docstring's ``Fields:`` / ``Keys:`` block
+  (``a, b: text`` documents both)."""
+  out, current, in_block = {}, None, False
+  for line in (doc or "").splitlines():
+    stripped = line.strip()
+    if stripped in ("Fields:", "Keys:"):
+      in_block = True
+      continue
+    if not in_block:
+      continue
+    if not stripped:
+      if out:
+        in_block = False
+      continue
+    indent = len(line) - len(line.lstrip())
+    head, sep, text = stripped.partition(": ")
+    names = [n.strip() for n in head.split(",")]
+    if sep and indent <= 4 and all(n.isidentifier() for n in names):
+      current = names
+      for n in names:
+        out[n] = text
+    elif current:
+      for n in current:
+        out[n] += " " + stripped
+  return out
+
+
+def _source_comments(path: str) -> dict[str, str]:
+  """``c.<key> = value  # comment`` (and comment lines just above) of a
+  config file -> {key: comment}."""
+  out, pending = {}, []
+  try:
+    lines = open(path, encoding="utf-8").read().splitlines()
+  except OSError:
+    return out
+  for line in lines:
+    stripped = line.strip()
+    if stripped.startswith("#"):
+      pending.append(stripped.lstrip("# "))
+      continue
+    m = re.match(r"c\.([\w.]+)\s*=\s*[^#]*?(?:#\s*(.*))?$", stripped)
+    if m:
+      text = " ".join(pending + ([m.group(2)] if m.group(2) else []))
+      if text:
+        out[m.group(1)] = text
+    pending = []
+  return out
+
+
+def key_comments() -> dict[str, str]:
+  """What each config key means, from where its default is defined."""
+  out = {f"backbone.{k}": v for k, v in _docstring_fields(
+      backbones.default_backbone_config.__doc__).items()}
+  out.update({f"data.{k}": v for k, v in _docstring_fields(
+      datasets.default_data_config.__doc__).items()})
+  out.update(_source_comments(os.path.join(builtin_configs_dir(),
+                                           "common.py")))
+  return out
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """Every key of ``config`` with its value and meaning (--print_config)."""
+  comments = key_comments()
+
+  def leaves(node, prefix):
+    for k in node.keys():
+      v = node[k]
+      key = f"{prefix}.{k}" if prefix else k
+      if isinstance(v, (ml_collections.ConfigDict, dict)):
+        yield from leaves(v, key)
+      else:
+        yield key, repr(tuple(v) if isinstance(v, list) else v)
+
+  rows = list(leaves(config, ""))
+  width = min(max(len(k) + len(v) for k, v in rows) + 4, 60)
+  lines = ["# every key can be set with --config.<key>=<value> "
+           "(tuples: --config.<key>=\"(1, 2)\")"]
+  for key, value in rows:
+    text = f"{key} = {value}"
+    note = comments.get(key)
+    lines.append(f"{text:<{width}} # {note}" if note else text)
+  return "\n".join(lines)

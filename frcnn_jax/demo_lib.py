@@ -1,12 +1,31 @@
-"""Detections on a folder of arbitrary images (what demo.py runs)."""
+"""Detections on a folder of images, a video file or a webcam (demo.py).
+
+* A folder: every readable image (the ``extensions``) gives
+  ``<out>/<the same file name>``, drawn, in its own format (a JPEG stays a
+  JPEG, quality 95; a PNG a PNG), so names never collide; plus
+  ``<out>/detections.json``: ``{file name: [{"box", "score", "class",
+  "class_id"}]}``.
+* A video file or a webcam index (``'0'``): frames are read with OpenCV
+  (``pip install opencv-python-headless``; not required otherwise), run
+  ``test.batch_size`` at a time, and written drawn to
+  ``<out>/<name>_detections.<ext>`` at the source's frame rate (mp4v for
+  ``.mp4``/``.mov``/webcams, MJPG otherwise), with ``detections.json``:
+  ``{"source", "fps", "frames": [{"frame": i, "detections": [...]}]}``.
+
+Boxes are ``x1, y1, x2, y2`` in the original image's pixels (inclusive), and
+only detections scoring at least ``score_thresh`` are drawn or written.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+from typing import Any, Iterable, Iterator
 
 import jax
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from frcnn_jax import eval_lib
@@ -18,53 +37,226 @@ from frcnn_jax.data import records as records_lib
 
 log = logging.getLogger(__name__)
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                    ".webp", ".ppm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg",
+                    ".m4v", ".wmv")
+# What PIL writes for an extension (JPEG quality high: a demo is looked at).
+_SAVE = {".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
+         ".png": ("PNG", {}), ".bmp": ("BMP", {}), ".gif": ("GIF", {}),
+         ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}),
+         ".webp": ("WEBP", {"quality": 95}), ".ppm": ("PPM", {})}
 
-def run(config, workdir: str, image_dir: str, out_dir: str, *, step=None,
-        score_thresh: float = 0.5, extensions=(".jpg", ".png")) -> dict:
-  """Writes ``out_dir/<name>.png`` per image and ``out_dir/detections.json``.
 
-  Returns the detections dict that was written.
+def source_kind(source: str) -> str:
+  """``'webcam'`` (an integer), ``'video'`` (a file with a video extension),
+  ``'folder'`` (a directory) or ``'image'`` (any other file)."""
+  if source.isdigit():
+    return "webcam"
+  if os.path.isdir(source):
+    return "folder"
+  if source.lower().endswith(VIDEO_EXTENSIONS):
+    return "video"
+  return "image"
+
+
+class _Model:
+  """The restored detector and its jitted predict function."""
+
+  def __init__(self, config, workdir: str, step):
+    self.config = config
+    self.mesh = parallel.create_mesh(config.mesh.num_devices)
+    graphdef, self.params, self.rest, self.step, names = (
+        eval_lib.load_for_inference(config, workdir, step=step,
+                                    mesh=self.mesh))
+    self.names = list(names) if names else None
+    self.predict_fn = eval_lib.make_predict_fn(graphdef, self.mesh)
+
+  def detect(self, items: Iterable[tuple[Any, np.ndarray]]
+             ) -> Iterator[tuple[Any, dict[str, np.ndarray]]]:
+    """``(key, {'boxes', 'scores', 'classes'})`` of valid detections per
+    image, batched by canvas (keys come back grouped by canvas)."""
+    for keys, batch in loader.image_batches(list(items), self.config.data,
+                                            self.config.test.batch_size):
+      g = parallel.global_batch(batch, self.mesh)
+      out = jax.device_get(self.predict_fn(self.params, self.rest, g["image"],
+                                           g["im_info"], g["image_id"]))
+      for j, key in enumerate(keys):
+        v = np.asarray(out["valid"][j], bool)
+        yield key, {k: np.asarray(out[k][j])[v]
+                    for k in ("boxes", "scores", "classes")}
+
+  def name(self, c: int) -> str:
+    return vis.class_label(self.names, c) if self.names else str(c)
+
+
+def _as_json(model: _Model, dets: dict[str, np.ndarray],
+             score_thresh: float) -> list[dict]:
+  keep = dets["scores"] >= score_thresh
+  return [{"box": [round(float(x), 2) for x in b], "score": round(float(s), 5),
+           "class": model.name(int(c)), "class_id": int(c)}
+          for b, s, c in zip(dets["boxes"][keep], dets["scores"][keep],
+                             dets["classes"][keep])]
+
+
+def _draw(model: _Model, image: np.ndarray, dets: dict[str, np.ndarray],
+          score_thresh: float) -> np.ndarray:
+  names = model.names or [str(k) for k in range(
+      int(dets["classes"].max(initial=0)) + 1)]
+  return vis.draw_detections(image, dets["boxes"], dets["classes"],
+                             dets["scores"], names,
+                             score_threshold=score_thresh)
+
+
+def save_image(path: str, image: np.ndarray) -> None:
+  """Writes ``image`` in the format its extension names (PNG otherwise)."""
+  fmt, kwargs = _SAVE.get(os.path.splitext(path)[1].lower(), ("PNG", {}))
+  Image.fromarray(np.ascontiguousarray(image)).save(path, fmt, **kwargs)
+
+
+def run(config, workdir: str, source: str, out_dir: str, *, step=None,
+        score_thresh: float = 0.5, extensions=IMAGE_EXTENSIONS,
+        max_frames: int = 0) -> dict:
+  """Detections on ``source`` (folder, image, video file or webcam index)
+  drawn into ``out_dir`` with ``detections.json``; returns what the json
+  holds.
+
+  Raises:
+    FileNotFoundError: ``source`` does not exist, or holds no image.
+    ValueError: ``out_dir`` is the image folder itself (the pictures would
+      replace the inputs).
+    ImportError: a video or webcam without OpenCV.
   """
-  files = sorted(f for f in os.listdir(image_dir)
-                 if f.lower().endswith(tuple(extensions)))
-  if not files:
-    raise FileNotFoundError(f"no images ({', '.join(extensions)}) in "
-                            f"{image_dir}")
-  mesh = parallel.create_mesh(config.mesh.num_devices)
-  graphdef, params, rest, step, names = eval_lib.load_for_inference(
-      config, workdir, step=step, mesh=mesh)
-  predict_fn = eval_lib.make_predict_fn(graphdef, mesh)
+  kind = source_kind(source)
+  if kind != "webcam" and not os.path.exists(source):
+    raise FileNotFoundError(f"{source}: no such file or folder")
+  if kind in ("folder", "image"):
+    folder = source if kind == "folder" else os.path.dirname(source) or "."
+    if os.path.realpath(folder) == os.path.realpath(out_dir):
+      raise ValueError(f"the output folder {out_dir} is the image folder: "
+                       f"the drawings would replace the images; pick "
+                       f"another --out")
+    files = ([f for f in sorted(os.listdir(source))
+              if f.lower().endswith(tuple(extensions))]
+             if kind == "folder" else [os.path.basename(source)])
+    if not files:
+      raise FileNotFoundError(f"no images ({', '.join(extensions)}) in "
+                              f"{source}")
+    model = _Model(config, workdir, step)
+    results = _run_images(model, folder, files, out_dir, score_thresh)
+    what = f"{len(results)} images"
+  else:
+    model = _Model(config, workdir, step)
+    results = _run_video(model, source, kind, out_dir, score_thresh,
+                         max_frames)
+    what = f"{len(results['frames'])} frames -> {results['output']}"
+  with open(os.path.join(out_dir, "detections.json"), "w") as fh:
+    json.dump(results, fh, indent=1)
+  print(f"{what} -> {out_dir} (step {model.step}; detections.json: scores "
+        f">= {score_thresh})")
+  return results
+
+
+def _run_images(model: _Model, folder: str, files: list[str], out_dir: str,
+                score_thresh: float) -> dict[str, list[dict]]:
   images = {}
   for f in files:
+    path = os.path.join(folder, f)
     try:
-      images[f] = images_lib.decode_image(os.path.join(image_dir, f),
-                                          where=os.path.join(image_dir, f))
+      images[f] = images_lib.decode_image(path, where=path)
     except records_lib.ImageLoadError as e:
       log.warning("skipped: %s", e)
   os.makedirs(out_dir, exist_ok=True)
   results = {}
   with tqdm(total=len(images), desc="demo", unit="image") as bar:
-    for keys, batch in loader.image_batches(list(images.items()), config.data,
-                                            config.test.batch_size):
-      g = parallel.global_batch(batch, mesh)
-      out = jax.device_get(predict_fn(params, rest, g["image"],
-                                      g["im_info"], g["image_id"]))
-      for j, f in enumerate(keys):
-        v = out["valid"][j]
-        dets = [dict(box=[round(float(x), 2) for x in b],
-                     score=round(float(s), 5), class_id=int(c),
-                     **{"class": names[int(c)] if names else str(int(c))})
-                for b, s, c in zip(out["boxes"][j][v], out["scores"][j][v],
-                                   out["classes"][j][v])]
-        results[f] = dets
-        drawn = vis.draw_detections(
-            images[f], out["boxes"][j], out["classes"][j], out["scores"][j],
-            names or [str(k) for k in range(out["classes"].max() + 1)],
-            score_threshold=score_thresh, valid=v)
-        vis.save_png(os.path.join(out_dir, os.path.splitext(f)[0] + ".png"),
-                     drawn)
-        bar.update(1)
-  with open(os.path.join(out_dir, "detections.json"), "w") as fh:
-    json.dump(results, fh, indent=1)
-  print(f"{len(results)} images -> {out_dir} (step {step}; detections.json)")
-  return results
+    for f, dets in model.detect(images.items()):
+      results[f] = _as_json(model, dets, score_thresh)
+      save_image(os.path.join(out_dir, f),
+                 _draw(model, images[f], dets, score_thresh))
+      bar.update(1)
+  return {f: results[f] for f in sorted(results)}
+
+
+def _open_capture(source: str, kind: str):
+  try:
+    import cv2  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(
+        f"reading {'a webcam' if kind == 'webcam' else source} needs OpenCV: "
+        f"pip install opencv-python-headless") from None
+  cap = cv2.VideoCapture(int(source) if kind == "webcam" else source)
+  if not cap.isOpened():
+    raise FileNotFoundError(
+        f"{'webcam ' + source if kind == 'webcam' else source}: OpenCV "
+        f"cannot open it")
+  return cv2, cap
+
+
+def _frames(cv2, cap, max_frames: int) -> Iterator[np.ndarray]:
+  n = 0
+  while not max_frames or n < max_frames:
+    ok, frame = cap.read()
+    if not ok:
+      return
+    n += 1
+    yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def _run_video(model: _Model, source: str, kind: str, out_dir: str,
+               score_thresh: float, max_frames: int) -> dict[str, Any]:
+  cv2, cap = _open_capture(source, kind)
+  fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or 25.0
+  total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if kind == "video" else 0
+  if max_frames:
+    total = min(total, max_frames) if total else max_frames
+  stem, ext = (f"webcam{source}", ".mp4") if kind == "webcam" else (
+      os.path.splitext(os.path.basename(source)))
+  ext = ext.lower()
+  fourcc = "mp4v" if ext in (".mp4", ".mov", ".m4v") else "MJPG"
+  if fourcc == "MJPG":
+    ext = ".avi"
+  os.makedirs(out_dir, exist_ok=True)
+  out_path = os.path.join(out_dir, f"{stem}_detections{ext}")
+  writer, frames_out = None, []
+  chunk = max(int(model.config.test.batch_size), 1)
+  try:
+    with tqdm(total=total or None, desc="demo", unit="frame") as bar:
+      buffer: list[tuple[int, np.ndarray]] = []
+      for i, frame in enumerate(_frames(cv2, cap, max_frames)):
+        buffer.append((i, frame))
+        if len(buffer) < chunk:
+          continue
+        writer = _write_frames(model, cv2, buffer, writer, out_path, fourcc,
+                               fps, frames_out, score_thresh)
+        bar.update(len(buffer))
+        buffer = []
+      if buffer:
+        writer = _write_frames(model, cv2, buffer, writer, out_path, fourcc,
+                               fps, frames_out, score_thresh)
+        bar.update(len(buffer))
+  except KeyboardInterrupt:  # A webcam runs until stopped.
+    log.info("stopped after %d frames", len(frames_out))
+  finally:
+    cap.release()
+    if writer is not None:
+      writer.release()
+  if not frames_out:
+    raise FileNotFoundError(f"{source}: no frame could be read")
+  return {"source": source, "fps": fps, "output": out_path,
+          "frames": frames_out}
+
+
+def _write_frames(model, cv2, buffer, writer, out_path, fourcc, fps,
+                  frames_out, score_thresh):
+  frames = dict(buffer)
+  dets = dict(model.detect(buffer))
+  for i, _ in buffer:   # Frame order (detect groups by canvas).
+    drawn = _draw(model, frames[i], dets[i], score_thresh)
+    if writer is None:
+      h, w = drawn.shape[:2]
+      writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*fourcc), fps,
+                               (w, h))
+    writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    frames_out.append({"frame": i, "detections": _as_json(
+        model, dets[i], score_thresh)})
+  return writer

@@ -11,7 +11,6 @@ inference over the split on every device and prints the COCO table
 ``--vis=N``, N images with their detections under ``<out>/vis``.
 """
 
-from absl import app
 from absl import flags
 
 from frcnn_jax import cli
@@ -25,23 +24,23 @@ flags.DEFINE_integer("max_images", 0, "Evaluate only the first N images "
 flags.DEFINE_integer("vis", 0, "Write N images with drawn detections.")
 flags.DEFINE_string("out", "", "Output folder (default: <workdir>/eval/"
                     "<split>_step<N>).")
+flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   cli.setup(FLAGS, argv)
-  workdir = cli.workdir(FLAGS)
+  workdir = cli.workdir(FLAGS, must_exist=True)
   config = cli.load_config(FLAGS, workdir=workdir)
-  cli.exit_on_data_error(
-      eval_lib.run, config, workdir, split=FLAGS.split or None,
-      step=None if FLAGS.step < 0 else FLAGS.step,
-      out_dir=FLAGS.out or None, max_images=FLAGS.max_images or None,
-      vis_images=FLAGS.vis)
+  eval_lib.run(config, workdir, split=FLAGS.split or None,
+               step=None if FLAGS.step < 0 else FLAGS.step,
+               out_dir=FLAGS.out or None, max_images=FLAGS.max_images or None,
+               vis_images=FLAGS.vis)
 
 
 def run():
   """The console script ``frcnn-eval``."""
-  app.run(main)
+  cli.run_tool(main)
 
 
 if __name__ == "__main__":

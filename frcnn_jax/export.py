@@ -9,7 +9,6 @@ tensorflow). Without ``--config`` the workdir's recorded config is used;
 ``--config.test.<key>=`` overrides change the test-time settings baked in.
 """
 
-from absl import app
 from absl import flags
 
 from frcnn_jax import cli
@@ -24,21 +23,19 @@ flags.DEFINE_bool("tf_saved_model", False, "Also write <out>/saved_model "
                   "(TensorFlow SavedModel via jax2tf; needs tensorflow).")
 flags.DEFINE_bool("overwrite", False, "Replace an earlier export in --out.")
 flags.mark_flag_as_required("out")
+flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   cli.setup(FLAGS, argv)
-  workdir = cli.workdir(FLAGS)
+  workdir = cli.workdir(FLAGS, must_exist=True)
   config = cli.load_config(FLAGS, check_paths=False, workdir=workdir)
   detector = Detector.load(workdir, config=config,
                            step=None if FLAGS.step < 0 else FLAGS.step)
-  try:
-    out = exporting.export_detector(
-        detector, FLAGS.out, platforms=FLAGS.platforms or None,
-        tf_saved_model=FLAGS.tf_saved_model, overwrite=FLAGS.overwrite)
-  except (FileExistsError, ImportError) as e:
-    cli.exit_with_message(e, code=1)
+  out = exporting.export_detector(
+      detector, FLAGS.out, platforms=FLAGS.platforms or None,
+      tf_saved_model=FLAGS.tf_saved_model, overwrite=FLAGS.overwrite)
   print(f"exported {workdir} step {detector.step} -> {out} (buckets "
         f"{[tuple(b) for b in config.data.buckets]}; load it with "
         f"frcnn_jax.load_exported({out!r}))")
@@ -46,7 +43,7 @@ def main(argv):
 
 def run():
   """The console script ``frcnn-export``."""
-  app.run(main)
+  cli.run_tool(main, runtime_errors=(ImportError,))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,19 @@ Several hosts (GPU nodes, TPU pods) run the same command on every host, with
 ``--coordinator_address``, ``--num_processes`` and ``--process_id``.
 """
 
-from absl import app
 from absl import flags
 
-from frcnn_jax import checkpoints
 from frcnn_jax import cli
-from frcnn_jax import run_lock
 from frcnn_jax import train_lib
-from frcnn_jax.data import records as data_records
 
 cli.define_common_flags(reads_checkpoint=False)
+flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir whose checkpoints were trained with another config "
+    "(learning rate, schedule, thresholds, sizes, paths...). Keys the "
+    "checkpoints depend on (network, anchors, classes, training split, seed, "
+    "batch size) never change: use a new --workdir.")
+flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
@@ -32,19 +35,14 @@ def main(argv):
   cli.setup(FLAGS, argv)
   config = cli.load_config(FLAGS)
   workdir = cli.workdir(FLAGS)
-  try:
-    last = train_lib.train(config, workdir)
-  except run_lock.WorkdirLockedError as e:
-    cli.exit_with_message(e, code=2)
-  except (train_lib.NonFiniteLossError, checkpoints.CheckpointMismatchError,
-          data_records.DataError) as e:
-    cli.exit_with_message(e, code=1)
+  last = train_lib.train(config, workdir,
+                         allow_config_change=FLAGS.allow_config_change)
   cli.print_summary(last, workdir)
 
 
 def run():
   """The console script ``frcnn-train``."""
-  app.run(main)
+  cli.run_tool(main, runtime_errors=(train_lib.NonFiniteLossError,))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from frcnn_jax import metric_writers
 from frcnn_jax import optimizer as optimizer_lib
 from frcnn_jax import parallel
 from frcnn_jax import paths
+from frcnn_jax import run_config
 from frcnn_jax import run_lock
 from frcnn_jax import vis
 from frcnn_jax import weights
@@ -207,7 +208,8 @@ def take_lock(workdir: str) -> run_lock.WorkdirLock | None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
-          eval_command: str | None = None) -> dict[str, Any]:
+          eval_command: str | None = None,
+          allow_config_change: bool = False) -> dict[str, Any]:
   """Trains (or resumes training) ``config`` in ``workdir``.
 
   Resumes from the newest usable checkpoint in ``workdir/checkpoints``
@@ -216,7 +218,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   per workdir: a second one is refused (:mod:`frcnn_jax.run_lock`).
 
   ``eval_command``: what the closing summary proposes to run next (default:
-  :func:`next_eval_command` of this process's command line).
+  :func:`next_eval_command` of this process's command line). A resume with
+  a config that differs where it matters is refused unless
+  ``allow_config_change`` (:mod:`frcnn_jax.run_config`); every start is
+  recorded in ``runs.jsonl`` and ``config.json``.
 
   Returns:
     the last logged metrics (and the final evaluation, if any).
@@ -228,6 +233,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     run_lock.WorkdirLockedError: another run holds the workdir.
     CheckpointMismatchError: the workdir's checkpoints belong to another
       config.
+    run_config.ConfigChangedError: see ``allow_config_change``.
   """
   # Recorded absolute (config.json, checkpoint meta): eval and demo on this
   # workdir then read the same data from any directory.
@@ -235,7 +241,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   lock = take_lock(workdir)
   try:
-    return _Trainer(config, workdir, eval_command=eval_command).run()
+    return _Trainer(config, workdir, eval_command=eval_command,
+                    allow_config_change=allow_config_change).run()
   finally:
     if lock is not None:
       lock.release()
@@ -245,7 +252,8 @@ class _Trainer:
   """One training run in a locked workdir: setup, the loop, its side work."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
-               eval_command: str | None = None):
+               eval_command: str | None = None,
+               allow_config_change: bool = False):
     self.t_begin = time.perf_counter()
     self.config, self.workdir = config, workdir
     self.eval_command = eval_command or next_eval_command(workdir)
@@ -270,6 +278,7 @@ class _Trainer:
         {"step": jnp.zeros((), jnp.int32), "opt_state": self.tx.init(params),
          "rng": jax.random.key_data(jax.random.key(0))})
     del params
+    changes = self._check_resume(allow_config_change)
     restored = self._restore(model)
     if restored is None:
       self.graphdef, self.state, self.start = self._fresh_state(model)
@@ -282,9 +291,9 @@ class _Trainer:
     # earlier attempts too, so every step is in metrics.jsonl once.
     self.writer = metric_writers.MetricWriter(
         workdir, process_index=self.pid, resume_step=self.start)
-    if self.pid == 0 and restored is None:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
+    if self.pid == 0:
+      run_config.record_start(workdir, config, step=self.start,
+                              changes=changes if restored else None)
     self.skipped: list[int] = []
     self.rollbacks_left = int(config.train.nonfinite_rollbacks)
     self.eval_loader = self.predict_fn = self.best = self.best_kept = None
@@ -308,6 +317,20 @@ class _Trainer:
     weights.initialize_model(model, self.config)
     graphdef, state = create_train_state(model, self.tx, self.config.seed)
     return graphdef, jax.device_put(state, parallel.replicated(self.mesh)), 0
+
+  def _check_resume(self, allow: bool) -> dict:
+    """The config's changes against the newest readable checkpoint's."""
+    for step in reversed(self.ckpt.all_steps()):
+      try:
+        meta = checkpoints.read_step_meta(self.ckpt.directory, step)
+      except Exception:  # pylint: disable=broad-except
+        continue   # Unreadable: _restore moves it aside.
+      if not meta.get("config"):
+        return {}
+      return run_config.resume_changes(
+          meta["config"], self.config, workdir=self.workdir, step=step,
+          allow_change=allow)
+    return {}
 
   def _restore(self, model):
     """``(graphdef, state, step)`` of the newest usable checkpoint, or None."""

@@ -136,7 +136,7 @@ def test_pip_install_into_a_fresh_virtualenv_is_fast_and_complete(venv,
   assert "usage" in run(py, ["frcnn-weights", "--help"],
                         cwd=str(tmp_path)).lower()
   bad = run(py, ["frcnn-eval", "--config=no_such_config"], cwd=str(tmp_path),
-            codes=(1,))
+            codes=(2,))
   assert "no built-in config of that name" in bad and "voc07_res101" in bad
 
 

@@ -23,7 +23,7 @@ FLOORS = [
     ("frcnn_jax.compiler_options frcnn_jax.metrics frcnn_jax.vis "
      "frcnn_jax.metric_writers frcnn_jax.run_lock frcnn_jax.parallel "
      "frcnn_jax.console frcnn_jax.analysis frcnn_jax.paths frcnn_jax.siblings "
-     "frcnn_jax.voc_metrics",
+     "frcnn_jax.run_config frcnn_jax.voc_metrics",
      "leaves"),
     ("frcnn_jax.data", "data: records, readers, transforms, loaders"),
     ("frcnn_jax.modeling", "the detector's stages"),

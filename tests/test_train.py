@@ -4,12 +4,15 @@ One uninterrupted reference run is shared by the tests of this file: resume
 after SIGKILL, corrupted checkpoints, eval.py's pycocotools mAP, demo.py,
 and multi-device / multi-process runs all compare against it.
 """
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -39,7 +42,9 @@ def run(script, args, timeout=600, check=True):
 
 
 def final_params(workdir, step=None):
-  """Every model array of a workdir's checkpoint, flattened by path."""
+  """Every model array of a workdir's checkpoint, flattened by path (read
+  from a subprocess, written outside the workdir: workers share some)."""
+  out = os.path.join(tempfile.mkdtemp(), "final.npz")
   code = f"""
 import numpy as np, orbax.checkpoint as ocp, os, jax
 d = os.path.join({workdir!r}, "checkpoints")
@@ -50,19 +55,42 @@ r = m.restore(step, args=ocp.args.Composite(
     model=ocp.args.StandardRestore(fallback_sharding=one)))
 flat = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in
         jax.tree_util.tree_flatten_with_path(r["model"])[0]}}
-np.savez(os.path.join({workdir!r}, "final.npz"), **flat)
+np.savez({out!r}, **flat)
 print(step)
 """
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(),
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  with np.load(os.path.join(workdir, "final.npz")) as z:
-    return int(out.stdout.split()[-1]), {k: z[k] for k in z.files}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(out) as z:
+    return int(proc.stdout.split()[-1]), {k: z[k] for k in z.files}
+
+
+@contextlib.contextmanager
+def _shared(tmp_path_factory, name):
+  """A folder shared by the xdist workers of this run, built once: yields
+  ``(path, built)``; the caller builds it when ``built`` is False, under a
+  lock the other workers wait on."""
+  base = tmp_path_factory.getbasetemp().parent
+  done = base / f"{name}.done"
+  with open(base / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield str(base / name), done.exists()
+      done.touch()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tiny_shapes"))
+  """The tiny config's synthetic images, written once per test run."""
+  with _shared(tmp_path_factory, "tiny_shapes") as (root, built):
+    if not built:
+      from configs import tiny
+      from frcnn_jax.data import shapes
+      c = tiny.get_config()
+      shapes.ensure_shapes_dataset(root, c.data.shapes, c.seed)
+  return root
 
 
 # What the reference run printed (stdout), for the console tests.
@@ -71,10 +99,16 @@ REFERENCE_OUTPUT = {}
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_root):
-  workdir = str(tmp_path_factory.mktemp("ref"))
-  proc = run("train.py", COMMON + [f"--workdir={workdir}",
-                                   f"--config.data.root={data_root}"])
-  REFERENCE_OUTPUT["stdout"] = proc.stdout
+  """One uninterrupted 200-step run, shared by every worker (read only)."""
+  with _shared(tmp_path_factory, "tiny_reference") as (workdir, built):
+    stdout = workdir + ".stdout"
+    if not built:
+      proc = run("train.py", COMMON + [f"--workdir={workdir}",
+                                       f"--config.data.root={data_root}"])
+      with open(stdout, "w") as f:
+        f.write(proc.stdout)
+    with open(stdout) as f:
+      REFERENCE_OUTPUT["stdout"] = f.read()
   return workdir
 
 
@@ -142,20 +176,162 @@ def test_eval_reports_coco_map(reference, data_root, tmp_path):
   assert len(os.listdir(tmp_path / "vis")) == 2
 
 
-def test_demo_writes_pngs_and_json(reference, data_root, tmp_path):
-  images = os.path.join(data_root, "val")
+def test_demo_images_keep_names_and_formats(reference, data_root, tmp_path):
+  """a.jpg and a.png both come back, in their formats; the json holds only
+  what scores at least --score_thresh; an image file works alone too."""
+  from PIL import Image
+  src = tmp_path / "in"
+  src.mkdir()
+  val = os.path.join(data_root, "val")
+  first = sorted(f for f in os.listdir(val) if f.endswith(".png"))[:2]
+  pixels = [np.asarray(Image.open(os.path.join(val, f)).convert("RGB"))
+            for f in first]
+  Image.fromarray(pixels[0]).save(src / "a.jpg", quality=95)
+  Image.fromarray(pixels[1]).save(src / "a.png")
+  Image.fromarray(pixels[0][:16, :24]).save(src / "tiny.png")  # 24 x 16
+  (src / "notes.txt").write_text("not an image")
   out = tmp_path / "demo"
   run("demo.py", ["--config=configs/tiny.py", f"--workdir={reference}",
-                  f"--config.data.root={data_root}", f"--images={images}",
-                  f"--out={out}", "--score_thresh=0.0"])
-  pngs = [f for f in os.listdir(out) if f.endswith(".png")]
-  assert len(pngs) == len([f for f in os.listdir(images)
-                           if f.endswith(".png")])
+                  f"--config.data.root={data_root}", f"--images={src}",
+                  f"--out={out}", "--score_thresh=0.3"])
+  assert sorted(os.listdir(out)) == ["a.jpg", "a.png", "detections.json",
+                                     "tiny.png"]
+  assert Image.open(out / "a.jpg").format == "JPEG"
+  assert Image.open(out / "a.png").format == "PNG"
+  assert Image.open(out / "tiny.png").size == (24, 16)
   dets = json.load(open(out / "detections.json"))
-  assert set(dets) == set(os.listdir(images))
-  assert any(dets.values())
+  assert set(dets) == {"a.jpg", "a.png", "tiny.png"}
+  scores = [d["score"] for v in dets.values() for d in v]
+  assert scores and min(scores) >= 0.3
   d = next(v for v in dets.values() if v)[0]
   assert {"box", "score", "class", "class_id"} <= set(d)
+  low = tmp_path / "low"
+  run("demo.py", ["--config=configs/tiny.py", f"--workdir={reference}",
+                  f"--config.data.root={data_root}", f"--images={src}/a.png",
+                  f"--out={low}", "--score_thresh=0.0"])
+  many = json.load(open(low / "detections.json"))["a.png"]
+  assert len(many) > len(dets["a.png"])   # Lower threshold, more kept.
+  # The output folder may not be the input folder (it would overwrite).
+  proc = run("demo.py", ["--config=configs/tiny.py", f"--workdir={reference}",
+                         f"--config.data.root={data_root}",
+                         f"--images={src}", f"--out={src}"], check=False)
+  assert proc.returncode == 2 and "replace the images" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_demo_video(reference, data_root, tmp_path):
+  """A generated video in, a drawn video and per-frame detections out."""
+  cv2 = pytest.importorskip("cv2")
+  from PIL import Image
+  val = os.path.join(data_root, "val")
+  frame = np.asarray(Image.open(os.path.join(val, sorted(
+      f for f in os.listdir(val) if f.endswith(".png"))[0])).convert("RGB"))
+  h, w = frame.shape[:2]
+  path = str(tmp_path / "clip.avi")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 5.0,
+                           (w, h))
+  for i in range(7):
+    writer.write(cv2.cvtColor(np.roll(frame, 2 * i, axis=1),
+                              cv2.COLOR_RGB2BGR))
+  writer.release()
+  out = tmp_path / "demo"
+  run("demo.py", ["--config=configs/tiny.py", f"--workdir={reference}",
+                  f"--config.data.root={data_root}", f"--video={path}",
+                  f"--out={out}", "--score_thresh=0.0"])
+  result = json.load(open(out / "detections.json"))
+  assert [f["frame"] for f in result["frames"]] == list(range(7))
+  assert result["fps"] == pytest.approx(5.0)
+  assert any(f["detections"] for f in result["frames"])
+  cap = cv2.VideoCapture(str(out / "clip_detections.avi"))
+  n = 0
+  while cap.read()[0]:
+    n += 1
+  assert n == 7 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == w
+  proc = run("demo.py", ["--config=configs/tiny.py", f"--workdir={reference}",
+                         f"--video={tmp_path / 'none.mp4'}"], check=False)
+  assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_user_errors_are_one_message_and_exit_code_2(reference, tmp_path):
+  """Mistakes on the command line: one message, exit code 2, no traceback."""
+  cases = [
+      ("train.py", ["--config=configs/tiny.py", "--config.train.num_stepz=3"],
+       'Did you mean "num_steps"'),
+      ("train.py", ["--config=tiny", "--config.trian.num_steps=3"],
+       "--config.trian.num_steps: no such config key"),
+      ("train.py", ["--config=tiny", "--config.train.num_steps=abc"],
+       "--config.train.num_steps=abc"),
+      ("train.py", ["--config=tiny", "--config.train.batch_size=0"],
+       "config.train.batch_size"),
+      ("train.py", ["--config=configs/nope.py"], "no built-in config"),
+      ("train.py", ["--bogus"], "Unknown command line flag 'bogus'"),
+      ("eval.py", [f"--workdir={tmp_path / 'nowhere'}"], "no such folder"),
+      ("eval.py", [f"--workdir={reference}", "--step=123"],
+       "no checkpoint step 123"),
+      ("demo.py", [f"--workdir={reference}", "--images=/nonexistent/x"],
+       "--images=/nonexistent/x: no such folder or file"),
+  ]
+  for script, args, message in cases:
+    proc = run(script, args, check=False, timeout=300)
+    assert proc.returncode == 2, (args, proc.stderr[-2000:])
+    assert message in proc.stderr, (args, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, (args, proc.stderr[-3000:])
+  assert "saved steps: [100, 150, 200]" in run(
+      "eval.py", [f"--workdir={reference}", "--step=123"],
+      check=False).stderr
+
+
+def test_help_and_print_config():
+  proc = run("train.py", ["--help"])
+  for flag in ("--[no]allow_config_change", "--config", "--workdir",
+               "--[no]print_config"):
+    assert flag in proc.stdout, flag
+  assert "--print_config prints every key" in proc.stdout
+  assert "--helpfull" in proc.stdout and len(proc.stdout.splitlines()) < 120
+  proc = run("eval.py", ["--help"])
+  for flag in ("--split", "--vis", "--step", "--workdir", "--config"):
+    assert flag in proc.stdout, flag
+  proc = run("train.py", ["--config=tiny", "--config.optimizer.lr=0.5",
+                          "--print_config"])
+  lines = proc.stdout.splitlines()
+  lr = next(l for l in lines if l.startswith("optimizer.lr "))
+  assert "= 0.5" in lr
+  steps = next(l for l in lines if l.startswith("train.num_steps "))
+  assert "#" in steps        # Its comment from configs/common.py.
+  assert len([l for l in lines if " = " in l]) > 100
+
+
+def test_resume_with_another_config(reference, data_root, tmp_path):
+  """A resume whose config differs where it matters is refused with the
+  keys and the ways out; allowed changes need the flag and are recorded."""
+  import shutil
+  work = str(tmp_path / "w")
+  shutil.copytree(reference, work)
+  base = COMMON + [f"--workdir={work}", f"--config.data.root={data_root}"]
+  proc = run("train.py", base + ["--config.rpn.conv_channels=8"],
+             check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "rpn.conv_channels" in proc.stderr and "fixed" in proc.stderr
+  assert f"--workdir={work}_2" in proc.stderr
+  # Refused, not damaged: nothing moved aside, every checkpoint still there.
+  assert _checkpoint_steps(work) == [100, 150, STEPS]
+  assert not os.path.exists(os.path.join(work, "checkpoints.unreadable"))
+  proc = run("train.py", base + ["--config.optimizer.lr=0.01"], check=False)
+  assert proc.returncode == 2 and "--allow_config_change" in proc.stderr
+  assert "optimizer.lr" in proc.stderr and "0.04 -> 0.01" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  # Allowed: resumes at the last step (nothing left to train), recorded.
+  run("train.py", base + ["--config.optimizer.lr=0.01",
+                          "--allow_config_change"])
+  runs = [json.loads(l) for l in open(os.path.join(work, "runs.jsonl"))]
+  assert [r["start_step"] for r in runs] == [0, STEPS]
+  assert runs[1]["config_changes"]["optimizer.lr"] == [0.04, 0.01]
+  assert "--allow_config_change" in runs[1]["argv"]
+  assert json.load(open(os.path.join(work, "config.json")))[
+      "optimizer"]["lr"] == 0.01
+  # Free keys (logging, evaluation) change without the flag. (The
+  # checkpoint at step 200 was still trained with lr 0.04.)
+  run("train.py", base + ["--config.train.log_every=5"])
 
 
 def _jsonl_steps(workdir, key="train/loss_total"):
@@ -267,20 +443,6 @@ def test_unreadable_checkpoint_is_moved_aside_and_saved_again(
   assert _tensorboard_steps(workdir) == list(range(10, STEPS + 21, 10))
 
 
-def test_checkpoint_of_another_config_is_refused_not_moved(
-    reference, data_root, tmp_path):
-  workdir = _copy_run(reference, tmp_path, "other_config")
-  proc = run("train.py", COMMON + [f"--workdir={workdir}",
-                                   f"--config.data.root={data_root}",
-                                   "--config.rpn.conv_channels=48"],
-             check=False)
-  assert proc.returncode == 1, proc.stderr[-3000:]
-  assert "other shapes" in proc.stderr and "Traceback" not in proc.stderr
-  assert "(32,) in the checkpoint, (48,) now" in proc.stderr
-  assert _checkpoint_steps(workdir) == [100, 150, STEPS]
-  assert not os.path.exists(os.path.join(workdir, "checkpoints.unreadable"))
-
-
 def test_two_runs_on_one_workdir(data_root, tmp_path):
   workdir = str(tmp_path / "two_writers")
   args = [sys.executable, "train.py"] + COMMON + [
@@ -306,7 +468,7 @@ def test_divergence_keeps_the_last_good_checkpoint(reference, data_root,
   bad = COMMON + [f"--workdir={workdir}", f"--config.data.root={data_root}",
                   f"--config.train.num_steps={STEPS + 20}",
                   "--config.checkpoint.every_steps=2",
-                  "--config.optimizer.lr=1e30",
+                  "--config.optimizer.lr=1e30", "--allow_config_change",
                   "--config.train.nonfinite_rollbacks=2"]
   proc = run("train.py", bad, check=False)
   assert proc.returncode == 1, proc.stderr[-3000:]
@@ -366,7 +528,8 @@ def _free_port():
 
 
 def test_four_devices_and_two_processes_match_one_device(data_root, tmp_path):
-  """5 steps on 1 device, on 4 devices, and on 2 processes x 2 devices.
+  """5 steps on 1 device and on 2 processes x 2 devices (4 devices in one
+  process: tests/modeling/test_detector.py), on one canvas bucket.
 
   The same math with a different reduction order: float-level differences
   (~1e-7 relative per step). After a few dozen steps one of them flips a
@@ -375,11 +538,10 @@ def test_four_devices_and_two_processes_match_one_device(data_root, tmp_path):
   trajectories, so the comparison is kept short.
   """
   args = COMMON + [f"--config.data.root={data_root}",
-                   "--config.train.num_steps=5"]
+                   "--config.train.num_steps=5",
+                   "--config.data.buckets=((128, 128),)"]
   one = str(tmp_path / "one")
   run("train.py", args + [f"--workdir={one}"])
-  four = str(tmp_path / "four")
-  run("train.py", args + [f"--workdir={four}", "--num_cpu_devices=4"])
   two = str(tmp_path / "two")
   port = _free_port()
   procs = [subprocess.Popen(
@@ -393,10 +555,8 @@ def test_four_devices_and_two_processes_match_one_device(data_root, tmp_path):
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-4000:]
   _, p1 = final_params(one)
-  _, p4 = final_params(four)
   _, p22 = final_params(two)
-  assert_same_params(p1, p4, rtol=1e-4, atol=1e-6)
-  assert_same_params(p4, p22, rtol=1e-4, atol=1e-6)
+  assert_same_params(p1, p22, rtol=1e-4, atol=1e-6)
 
 
 def test_rollback_skips_the_bad_batch_and_goes_on(data_root, tmp_path,
