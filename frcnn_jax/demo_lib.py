@@ -14,6 +14,8 @@
 
 Boxes are ``x1, y1, x2, y2`` in the original image's pixels (inclusive), and
 only detections scoring at least ``score_thresh`` are drawn or written.
+Pictures with a long side under ``SMALL_SIDE`` (320) pixels are drawn
+enlarged with margins for the labels (the json stays in original pixels).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
                     ".webp", ".ppm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg",
                     ".m4v", ".wmv")
+# Pictures whose long side is shorter are drawn enlarged (nearest
+# neighbour, integer factor) with margins, so that labels do not cover them.
+SMALL_SIDE = 320
 # What PIL writes for an extension (JPEG quality high: a demo is looked at).
 _SAVE = {".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
          ".png": ("PNG", {}), ".bmp": ("BMP", {}), ".gif": ("GIF", {}),
@@ -103,9 +108,11 @@ def _draw(model: _Model, image: np.ndarray, dets: dict[str, np.ndarray],
           score_thresh: float) -> np.ndarray:
   names = model.names or [str(k) for k in range(
       int(dets["classes"].max(initial=0)) + 1)]
+  small = max(image.shape[:2]) < SMALL_SIDE   # Enlarged, with margins.
   return vis.draw_detections(image, dets["boxes"], dets["classes"],
                              dets["scores"], names,
-                             score_threshold=score_thresh)
+                             score_threshold=score_thresh,
+                             min_side=SMALL_SIDE, margin=small)
 
 
 def save_image(path: str, image: np.ndarray) -> None:

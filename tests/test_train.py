@@ -198,7 +198,9 @@ def test_demo_images_keep_names_and_formats(reference, data_root, tmp_path):
                                      "tiny.png"]
   assert Image.open(out / "a.jpg").format == "JPEG"
   assert Image.open(out / "a.png").format == "PNG"
-  assert Image.open(out / "tiny.png").size == (24, 16)
+  # Small pictures are drawn enlarged (integer factor) with label margins.
+  w, h = Image.open(out / "tiny.png").size
+  assert w == 24 * 14 and h > 16 * 14, (w, h)
   dets = json.load(open(out / "detections.json"))
   assert set(dets) == {"a.jpg", "a.png", "tiny.png"}
   scores = [d["score"] for v in dets.values() for d in v]
@@ -246,7 +248,9 @@ def test_demo_video(reference, data_root, tmp_path):
   n = 0
   while cap.read()[0]:
     n += 1
-  assert n == 7 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == w
+  from frcnn_jax import vis
+  scale = vis.display_scale(h, w, 320)     # Small frames are enlarged.
+  assert n == 7 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == w * scale
   proc = run("demo.py", ["--config=configs/tiny.py", f"--workdir={reference}",
                          f"--video={tmp_path / 'none.mp4'}"], check=False)
   assert proc.returncode == 2 and "no such file" in proc.stderr
