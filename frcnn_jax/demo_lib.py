@@ -175,7 +175,8 @@ def _run_images(model: _Model, folder: str, files: list[str], out_dir: str,
       log.warning("skipped: %s", e)
   os.makedirs(out_dir, exist_ok=True)
   results = {}
-  with tqdm(total=len(images), desc="demo", unit="image") as bar:
+  with tqdm(total=len(images), desc="demo", unit="image",
+            disable=None) as bar:   # No bar off a terminal.
     for f, dets in model.detect(images.items()):
       results[f] = _as_json(model, dets, score_thresh)
       save_image(os.path.join(out_dir, f),
@@ -227,7 +228,8 @@ def _run_video(model: _Model, source: str, kind: str, out_dir: str,
   writer, frames_out = None, []
   chunk = max(int(model.config.test.batch_size), 1)
   try:
-    with tqdm(total=total or None, desc="demo", unit="frame") as bar:
+    with tqdm(total=total or None, desc="demo", unit="frame",
+              disable=None) as bar:
       buffer: list[tuple[int, np.ndarray]] = []
       for i, frame in enumerate(_frames(cv2, cap, max_frames)):
         buffer.append((i, frame))
