@@ -65,9 +65,8 @@ def rng():
 # pyproject.toml), finish together instead of one waiting on the other's
 # tail. Order within a prefix is the collection order.
 _LONG_FIRST = (
-    "tests/test_train.py::test_four_devices_and_two_processes_match_one_device",
+    "tests/test_train.py::test_two_processes_of_two_devices_match_one_device",
     "tests/test_train.py",
-    "tests/modeling/test_detector.py::test_four_devices_train_like_one",
     "tests/test_install.py",
     "tests/modeling/test_detector.py",
     "tests/modeling/test_detector_fpn_train.py",

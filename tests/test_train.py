@@ -531,7 +531,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_four_devices_and_two_processes_match_one_device(data_root, tmp_path):
+def test_two_processes_of_two_devices_match_one_device(data_root, tmp_path):
   """5 steps on 1 device and on 2 processes x 2 devices (4 devices in one
   process: tests/modeling/test_detector.py), on one canvas bucket.
 
