@@ -62,10 +62,26 @@ class WeightImportError(ValueError):
       lines.append(f"  hint: {hint}")
     super().__init__("\n".join(lines))
 
+def ignore_batch_counter(key: str) -> bool:
+  """BatchNorm's ``num_batches_tracked``: in every torch file, never a
+  weight (the detectors' ignore rule)."""
+  return key.endswith("num_batches_tracked")
+
+
 def default_ignore(key: str) -> bool:
   """Keys of a backbone file that are not weights of our backbones."""
-  return (key.endswith("num_batches_tracked") or key.startswith("fc.") or
+  return (ignore_batch_counter(key) or key.startswith("fc.") or
           key.startswith("classifier.6."))
+
+
+def check_spec_covers(model: nnx.Module, spec: Mapping[Path, TorchSource],
+                      source: str) -> None:
+  """Raises ValueError naming the model variables ``spec`` has no ``source``
+  (e.g. "torchvision") name for."""
+  model_paths = {tuple(p) for p, _ in nnx.to_flat_state(nnx.state(model))}
+  unmapped = sorted(".".join(map(str, p)) for p in model_paths - set(spec))
+  if unmapped:
+    raise ValueError(f"no {source} name for {unmapped[:10]}")
 
 def convert_state_dict(
     spec: Mapping[Path, TorchSource], state_dict: Mapping[str, np.ndarray], *,
@@ -103,6 +119,40 @@ def convert_state_dict(
   if missing or unexpected or mismatched:
     raise WeightImportError(missing, unexpected, mismatched, hint=hint)
   return out
+
+def load_detector_arrays(model: nnx.Module, spec: Mapping[Path, TorchSource],
+                         state_dict: Mapping[str, np.ndarray], *, hint: str,
+                         reinitializable: Sequence[tuple[str, str]] = (),
+                         reinit_mismatched: bool = False) -> list[str]:
+  """Converts ``state_dict`` through ``spec`` and writes it into ``model``.
+
+  With ``reinit_mismatched``, the modules of ``reinitializable`` (path
+  prefixes of two names, e.g. ``('box_predictor', 'cls_score')``) whose
+  torch arrays have other shapes are left as they are (fine-tuning to other
+  classes) instead of failing; their keys are then ignored.
+
+  Returns:
+    the modules left as they were, dotted and sorted.
+
+  Raises:
+    WeightImportError: missing / unexpected keys and shape mismatches, all
+      in one message; the model is unchanged then.
+  """
+  skipped: set[tuple[str, str]] = set()
+  if reinit_mismatched:
+    for path, src in spec.items():
+      if (tuple(path[:2]) in reinitializable and src.key in state_dict and
+          tuple(np.shape(state_dict[src.key])) != tuple(src.torch_shape)):
+        skipped.add(tuple(path[:2]))
+  skipped_keys = {src.key for p, src in spec.items()
+                  if tuple(p[:2]) in skipped}
+  spec = {p: v for p, v in spec.items() if tuple(p[:2]) not in skipped}
+  arrays = convert_state_dict(
+      spec, state_dict, hint=hint,
+      ignore=lambda k: ignore_batch_counter(k) or k in skipped_keys)
+  assign_arrays(model, arrays, require=lambda p: tuple(p[:2]) not in skipped)
+  return sorted(".".join(p) for p in skipped)
+
 
 def assign_arrays(model: nnx.Module, arrays: Mapping[Path, np.ndarray], *,
                   require: Callable[[Path], bool] | None = None) -> None:

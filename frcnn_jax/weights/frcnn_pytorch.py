@@ -39,9 +39,11 @@ from frcnn_jax.modeling import backbones
 from frcnn_jax.modeling import detector as detector_lib
 from frcnn_jax.modeling.roi_heads import POOLING_MODES
 from frcnn_jax.weights import torch_io
-from frcnn_jax.weights.arrays import assign_arrays
+from frcnn_jax.weights.arrays import check_spec_covers
 from frcnn_jax.weights.arrays import convert_state_dict
+from frcnn_jax.weights.arrays import ignore_batch_counter
 from frcnn_jax.weights.arrays import LEAF_TO_TORCH
+from frcnn_jax.weights.arrays import load_detector_arrays
 from frcnn_jax.weights.arrays import Path
 from frcnn_jax.weights.arrays import torch_source
 from frcnn_jax.weights.arrays import TorchSource
@@ -158,14 +160,8 @@ def detector_torch_spec(model) -> dict[Path, TorchSource]:
         raise ValueError(f"no torch name for {top}.{sub}.{'.'.join(map(str, path))}")
       spec[(top, sub, leaf)] = torch_source(
           f"{torch_name}.{LEAF_TO_TORCH[leaf]}", var.shape)
-  model_paths = {tuple(p) for p, _ in nnx.to_flat_state(nnx.state(model))}
-  unmapped = sorted(".".join(map(str, p)) for p in model_paths - set(spec))
-  if unmapped:
-    raise ValueError(f"no faster-rcnn.pytorch name for {unmapped[:10]}")
+  check_spec_covers(model, spec, "faster-rcnn.pytorch")
   return spec
-
-def _detector_ignore(key: str) -> bool:
-  return key.endswith("num_batches_tracked")
 
 def check_backbone_fits_detector(backbone: backbones.Backbone) -> None:
   """faster-rcnn.pytorch's ResNets need stride_in_1x1=True and frozen BN."""
@@ -206,15 +202,6 @@ def load_detector_state_dict(model, state_dict: Mapping[str, Any], *,
   """
   check_backbone_fits_detector(model.backbone)
   state_dict = torch_io.strip_prefix(torch_io.to_numpy_tree(dict(state_dict)))
-  spec = detector_torch_spec(model)
-  skipped: set[tuple[str, str]] = set()
-  if reinit_mismatched_heads:
-    for path, src in spec.items():
-      if (tuple(path[:2]) in REINITIALIZABLE and src.key in state_dict and
-          tuple(np.shape(state_dict[src.key])) != tuple(src.torch_shape)):
-        skipped.add(tuple(path[:2]))
-  skipped_keys = {src.key for p, src in spec.items() if tuple(p[:2]) in skipped}
-  spec = {p: s for p, s in spec.items() if tuple(p[:2]) not in skipped}
   try:
     info = analyze_detector_state_dict(state_dict).describe()
   except ValueError:
@@ -224,12 +211,9 @@ def load_detector_state_dict(model, state_dict: Mapping[str, Any], *,
           f"{'class-agnostic' if model.settings.roi.class_agnostic else 'per-class'}"
           f" boxes, {model.settings.num_anchors} anchors, RPN conv "
           f"{model.settings.rpn.conv_channels} channels")
-  arrays = convert_state_dict(
-      spec, state_dict, hint=hint,
-      ignore=lambda k: _detector_ignore(k) or k in skipped_keys)
-  assign_arrays(model, arrays,
-                require=lambda p: tuple(p[:2]) not in skipped)
-  return sorted(".".join(s) for s in skipped)
+  return load_detector_arrays(model, detector_torch_spec(model), state_dict,
+                              hint=hint, reinitializable=REINITIALIZABLE,
+                              reinit_mismatched=reinit_mismatched_heads)
 
 def detector_implied_config(info: DetectorCheckpointInfo) -> dict[str, Any]:
   """The config values (dotted keys) a faster-rcnn.pytorch checkpoint needs.
@@ -294,7 +278,7 @@ def convert_detector_file(src: str, kind: str, out: str, classes: str) -> str:
   names = resolve_class_names(classes, info.num_classes)
   model = detector_for_checkpoint(info, abstract=True)
   spec = detector_torch_spec(model)
-  arrays = convert_state_dict(spec, sd, ignore=_detector_ignore,
+  arrays = convert_state_dict(spec, sd, ignore=ignore_batch_counter,
                               hint=f"the checkpoint is {info.describe()}")
   if info.extras.get("class_agnostic") is not None and bool(
       info.extras["class_agnostic"]) != info.class_agnostic:

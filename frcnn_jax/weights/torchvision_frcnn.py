@@ -51,9 +51,11 @@ from frcnn_jax.modeling import backbones
 from frcnn_jax.modeling import detector_fpn
 from frcnn_jax.modeling import preprocessing
 from frcnn_jax.weights import torch_io
-from frcnn_jax.weights.arrays import assign_arrays
+from frcnn_jax.weights.arrays import check_spec_covers
 from frcnn_jax.weights.arrays import convert_state_dict
 from frcnn_jax.weights.arrays import fc6_to_ours
+from frcnn_jax.weights.arrays import load_detector_arrays
+from frcnn_jax.weights.arrays import ignore_batch_counter
 from frcnn_jax.weights.arrays import LEAF_TO_TORCH
 from frcnn_jax.weights.arrays import Path
 from frcnn_jax.weights.arrays import torch_source
@@ -174,15 +176,8 @@ def fpn_torch_spec(model) -> dict[Path, TorchSource]:
         c = var.shape[0] // (pool * pool)
         src = dataclasses.replace(src, to_ours=fc6_to_ours(pool, c))
       spec[full] = src
-  model_paths = {tuple(p) for p, _ in nnx.to_flat_state(nnx.state(model))}
-  unmapped = sorted(".".join(map(str, p)) for p in model_paths - set(spec))
-  if unmapped:
-    raise ValueError(f"no torchvision name for {unmapped[:10]}")
+  check_spec_covers(model, spec, "torchvision")
   return spec
-
-
-def _ignore(key: str) -> bool:
-  return key.endswith("num_batches_tracked")
 
 
 REINITIALIZABLE = (("box_predictor", "cls_score"),
@@ -214,21 +209,9 @@ def load_state_dict(model, state_dict: Mapping[str, Any], *,
   hint = (f"the state dict is {info}; the model is a Faster R-CNN FPN "
           f"{model.settings.variant} with {model.settings.num_classes} "
           f"classes")
-  spec = fpn_torch_spec(model)
-  skipped = set()
-  if reinit_mismatched_heads:
-    for path, src in spec.items():
-      if (tuple(path[:2]) in REINITIALIZABLE and src.key in state_dict and
-          tuple(np.shape(state_dict[src.key])) != tuple(src.torch_shape)):
-        skipped.add(tuple(path[:2]))
-  skipped_keys = {src.key for p, src in spec.items()
-                  if tuple(p[:2]) in skipped}
-  spec = {p: v for p, v in spec.items() if tuple(p[:2]) not in skipped}
-  arrays = convert_state_dict(
-      spec, state_dict, hint=hint,
-      ignore=lambda k: _ignore(k) or k in skipped_keys)
-  assign_arrays(model, arrays, require=lambda p: tuple(p[:2]) not in skipped)
-  return sorted(".".join(p) for p in skipped)
+  return load_detector_arrays(model, fpn_torch_spec(model), state_dict,
+                              hint=hint, reinitializable=REINITIALIZABLE,
+                              reinit_mismatched=reinit_mismatched_heads)
 
 
 def implied_config(info: TorchvisionDetectorInfo) -> dict[str, Any]:
@@ -287,7 +270,7 @@ def model_from_state_dict(state_dict: Mapping[str, Any], *,
   info = analyze_state_dict(state_dict)
   abstract = detector_for_state_dict(info, abstract=True, settings=settings)
   arrays = convert_state_dict(fpn_torch_spec(abstract), state_dict,
-                              ignore=_ignore,
+                              ignore=ignore_batch_counter,
                               hint=f"the state dict is {info.describe()}")
   graphdef, state = nnx.split(abstract)
   pure = jax.tree.map(jnp.asarray, _pure_from_arrays(abstract, arrays))
@@ -311,7 +294,8 @@ def convert_file(src: str, kind: str, out: str, classes: str = "") -> str:
                      f"; use --kind={other[0]}")
   names = class_names_for(classes, info.num_classes)
   model = detector_for_state_dict(info, abstract=True)
-  arrays = convert_state_dict(fpn_torch_spec(model), sd, ignore=_ignore,
+  arrays = convert_state_dict(fpn_torch_spec(model), sd,
+                              ignore=ignore_batch_counter,
                               hint=f"the state dict is {info.describe()}")
   meta = {"format": META_FORMAT, "kind": kind,
           "source": os.path.abspath(src), "class_names": names,
