@@ -22,23 +22,6 @@ import time
 import numpy as np
 
 
-def randomize(model, seed: int, cls_scale: float) -> None:
-  import torch  # pylint: disable=import-outside-toplevel
-  from torchvision import ops  # pylint: disable=import-outside-toplevel
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, m in model.named_modules():
-      if isinstance(m, (torch.nn.BatchNorm2d, ops.FrozenBatchNorm2d)):
-        n = m.weight.shape[0]
-        m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-        m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-        m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-        m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-        if name.endswith("bn3"):
-          m.weight.mul_(0.2)
-    model.roi_heads.box_predictor.cls_score.weight.mul_(cls_scale)
-
-
 def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
   rng = np.random.default_rng(seed)
   small = rng.uniform(0, 255, (h // 8 + 2, w // 8 + 2, 3))
@@ -58,6 +41,7 @@ def compare(variant: str, h: int, w: int, canvas: tuple[int, int]) -> dict:
   from torchvision.models import detection
   from torchvision.ops import box_iou
   from frcnn_jax.weights import torchvision_frcnn as tvf
+  from tests.fpn_reference import randomize
   # pylint: enable=import-outside-toplevel
   ctor = (detection.fasterrcnn_resnet50_fpn if variant == "v1" else
           detection.fasterrcnn_resnet50_fpn_v2)
