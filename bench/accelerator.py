@@ -205,35 +205,17 @@ def measure(s: Setting, *, height: int, width: int, repeats: int,
   # pylint: disable=import-outside-toplevel
   import jax
   from frcnn_jax import eval_lib
-  from frcnn_jax import optimizer as optimizer_lib
   from frcnn_jax import parallel
   from frcnn_jax import train_lib
-  from frcnn_jax.modeling import detector
   # pylint: enable=import-outside-toplevel
   mesh = parallel.create_mesh()
   n_dev = mesh.devices.size
   gb = s.batch * n_dev
   c = _config(s, height, width, gb)
   num_classes = 4 if s.model == "tiny" else 81
-  image, boxes, classes = step_bench.make_inputs(height, width, gb)
-  m = c.data.max_num_box
-  gt = np.zeros((gb, m, 4), np.float32)
-  gt[:, :boxes.shape[1]] = boxes
-  cls = np.zeros((gb, m), np.int32)
-  cls[:, :classes.shape[1]] = np.minimum(classes, num_classes - 1)
-  valid = np.zeros((gb, m), bool)
-  valid[:, :boxes.shape[1]] = True
-  im_info = np.tile(np.array([[height, width, 1.0]], np.float32), (gb, 1))
   out = {"setting": s, "devices": n_dev}
-  net = detector.build_detector(c, num_classes)
-  step_bench.zero_init_residual(net.backbone)
-  tx, sched = optimizer_lib.make_optimizer(c.optimizer, 1000)
-  graphdef, state = train_lib.create_train_state(net, tx, 0)
-  del net
-  state = jax.device_put(state, parallel.replicated(mesh))
-  batch = parallel.global_batch(
-      dict(image=image, im_info=im_info, gt_boxes=gt, gt_classes=cls,
-           gt_valid=valid), mesh)
+  graphdef, tx, sched, state, batch = step_bench.train_setup(
+      c, num_classes, mesh, (height, width), (height, width), gb)
   if do_train:
     fn = train_lib.jit_train_step(
         train_lib.make_train_step(graphdef, tx, sched), mesh)

@@ -138,31 +138,34 @@ def _torch_gflop(fn) -> float:
   return counter.get_total_flops() / 1e9
 
 
-def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
-                 do_train: bool = True, do_infer: bool = True,
-                 dtype: str = "float32", profile: bool = False) -> dict:
-  import jax  # pylint: disable=import-outside-toplevel
-  from frcnn_jax.modeling import detector  # pylint: disable=import-outside-toplevel
-  from frcnn_jax import eval_lib  # pylint: disable=import-outside-toplevel
-  from frcnn_jax import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
-  from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
-  from frcnn_jax import train_lib  # pylint: disable=import-outside-toplevel
-  k = canvas_multiple(model)
-  hp, wp = -(-h // k) * k, -(-w // k) * k
-  c = seed_config(model, hp, wp, batch, dtype)
-  image, boxes, classes = make_inputs(hp, wp, batch)
+def train_setup(c, num_classes: int, mesh, canvas: tuple[int, int],
+                size: tuple[int, int], batch: int):
+  """What the step benchmarks start from (bench.step, bench.accelerator):
+  the detector of config ``c`` (random weights, zero_init_residual), its
+  optimizer and replicated train state, and a global batch of ``batch``
+  images of ``size`` on ``canvas`` with padded ground truth.
+
+  Returns:
+    ``(graphdef, tx, schedule, state, batch dict)``.
+  """
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from frcnn_jax import optimizer as optimizer_lib
+  from frcnn_jax import parallel
+  from frcnn_jax import train_lib
+  from frcnn_jax.modeling import detector
+  # pylint: enable=import-outside-toplevel
+  image, boxes, classes = make_inputs(*canvas, batch)
   m = c.data.max_num_box
   gt = np.zeros((batch, m, 4), np.float32)
   gt[:, :boxes.shape[1]] = boxes
   cls = np.zeros((batch, m), np.int32)
-  cls[:, :classes.shape[1]] = classes
+  cls[:, :classes.shape[1]] = np.minimum(classes, num_classes - 1)
   valid = np.zeros((batch, m), bool)
   valid[:, :boxes.shape[1]] = True
-  im_info = np.tile(np.array([[h, w, 1.0]], np.float32), (batch, 1))
-  out = {"framework": "ours (jax)", "model": model, "image": f"{h}x{w}",
-         "canvas": f"{hp}x{wp}", "batch": batch, "dtype": dtype}
-  mesh = parallel.create_mesh()
-  net = detector.build_detector(c, 91 if model in FPN_MODELS else 21)
+  im_info = np.tile(np.array([[size[0], size[1], 1.0]], np.float32),
+                    (batch, 1))
+  net = detector.build_detector(c, num_classes)
   zero_init_residual(net.backbone)
   tx, sched = optimizer_lib.make_optimizer(c.optimizer, 1000)
   graphdef, state = train_lib.create_train_state(net, tx, 0)
@@ -171,6 +174,24 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
   batch_d = parallel.global_batch(
       dict(image=image, im_info=im_info, gt_boxes=gt, gt_classes=cls,
            gt_valid=valid), mesh)
+  return graphdef, tx, sched, state, batch_d
+
+
+def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
+                 do_train: bool = True, do_infer: bool = True,
+                 dtype: str = "float32", profile: bool = False) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import eval_lib  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import train_lib  # pylint: disable=import-outside-toplevel
+  k = canvas_multiple(model)
+  hp, wp = -(-h // k) * k, -(-w // k) * k
+  c = seed_config(model, hp, wp, batch, dtype)
+  out = {"framework": "ours (jax)", "model": model, "image": f"{h}x{w}",
+         "canvas": f"{hp}x{wp}", "batch": batch, "dtype": dtype}
+  mesh = parallel.create_mesh()
+  graphdef, tx, sched, state, batch_d = train_setup(
+      c, 91 if model in FPN_MODELS else 21, mesh, (hp, wp), (h, w), batch)
   if do_train:
     step = train_lib.jit_train_step(
         train_lib.make_train_step(graphdef, tx, sched), mesh)
