@@ -246,13 +246,15 @@ def _override_message(f, error: Exception) -> str:
 
 
 def _override_names(f) -> list[str]:
-  try:
-    if f is None:
-      raise KeyError
-    return list(config_flags.get_override_values(f["config"]))
-  except Exception:  # pylint: disable=broad-except
-    return [a.split("=", 1)[0][len("--config."):] for a in sys.argv
-            if a.startswith("--config.")]
+  """The ``--config.<key>`` names given: from the parsed flag when there is
+  one, else from the command line (a key the flag could not parse)."""
+  if f is not None:
+    try:
+      return list(config_flags.get_override_values(f["config"]))
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return [a.split("=", 1)[0][len("--config."):] for a in sys.argv
+          if a.startswith("--config.")]
 
 
 def load_config(f, *, check_paths: bool = True, workdir: str | None = None):

@@ -106,13 +106,6 @@ class TransformParams:
                crop_extreme_ratios=bool(c.crop_extreme_ratios), resize=resize)
 
 
-def resize_plan(height: int, width: int, params: 'TransformParams'
-                ) -> tuple[int, int, float]:
-  """``(oh, ow, im_scale)`` of an image under ``params.resize``."""
-  return plan_resize(height, width, params.scale, params.max_size,
-                     params.resize)
-
-
 def plan_resize(height: int, width: int, scale: float, max_size: float,
                 method: str = 'pil') -> tuple[int, int, float]:
   """``(oh, ow, im_scale)``: torchvision's floor sizes for
@@ -288,7 +281,8 @@ def planned_size(height: int, width: int, params: TransformParams,
   if train and params.crop_extreme_ratios:
     height, width = crop_size(height, width, params.min_ratio,
                               params.max_ratio)
-  return resize_plan(height, width, params)
+  return plan_resize(height, width, params.scale, params.max_size,
+                     params.resize)
 
 
 def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
@@ -323,7 +317,7 @@ def make_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
           h, w, boxes, rng, params.min_ratio, params.max_ratio)
       image = image[y0:y0 + ch, x0:x0 + cw]
       h, w = ch, cw
-  oh, ow, s = resize_plan(h, w, params)
+  oh, ow, s = plan_resize(h, w, params.scale, params.max_size, params.resize)
   bh, bw = bucket
   if oh > bh or ow > bw:
     raise ValueError(f'resized image {oh}x{ow} does not fit bucket {bh}x{bw}')
