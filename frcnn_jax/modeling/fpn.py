@@ -52,6 +52,7 @@ import numpy as np
 from flax import nnx
 
 from frcnn_jax.modeling import backbones
+from frcnn_jax.modeling import layers
 from frcnn_jax.modeling.layers import FrozenStat
 from frcnn_jax.modeling.layers import max_pool
 
@@ -112,14 +113,14 @@ def kaiming_normal_fan_out(key, shape, dtype=jnp.float32):
 
 def conv2d(in_features: int, out_features: int, kernel: int, *,
            use_bias: bool, kernel_init, dtype: Dtype, rngs: nnx.Rngs,
-           stride: int = 1) -> nnx.Conv:
+           stride: int = 1) -> layers.Conv:
   """A square conv with PyTorch's symmetric padding ``kernel // 2``."""
   p = kernel // 2
-  return nnx.Conv(in_features, out_features, (kernel, kernel),
-                  (stride, stride), padding=((p, p), (p, p)),
-                  use_bias=use_bias, kernel_init=kernel_init,
-                  bias_init=nnx.initializers.zeros, dtype=dtype,
-                  param_dtype=jnp.float32, rngs=rngs)
+  return layers.Conv(in_features, out_features, (kernel, kernel),
+                     (stride, stride), padding=((p, p), (p, p)),
+                     use_bias=use_bias, kernel_init=kernel_init,
+                     bias_init=nnx.initializers.zeros, dtype=dtype,
+                     param_dtype=jnp.float32, rngs=rngs)
 
 
 class BatchNorm(nnx.Module):

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from frcnn_jax.modeling import layers
 from ops import boxes as box_ops
 from ops import nms as nms_ops
 
@@ -36,7 +37,7 @@ class RPNHead(nnx.Module):
                conv_channels: int = 512, *, dtype=jnp.float32,
                rngs: nnx.Rngs):
     init = nnx.initializers.normal(0.01)
-    conv = lambda i, o, k, p: nnx.Conv(
+    conv = lambda i, o, k, p: layers.Conv(
         i, o, (k, k), padding=((p, p), (p, p)), kernel_init=init,
         bias_init=nnx.initializers.zeros, dtype=dtype, param_dtype=jnp.float32,
         rngs=rngs)

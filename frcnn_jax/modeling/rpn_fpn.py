@@ -44,6 +44,7 @@ import numpy as np
 from flax import nnx
 
 from frcnn_jax.modeling import fpn as fpn_lib
+from frcnn_jax.modeling import layers
 from ops import anchors as anchor_ops
 from ops import boxes as box_ops
 from ops import nms as nms_ops
@@ -79,15 +80,18 @@ class RPNHeadFPN(nnx.Module):
     Returns:
       ``(logits [B, N], deltas [B, N, 4])`` float32, levels concatenated.
     """
-    logits, deltas = [], []
-    for i, f in enumerate(features):
-      ext = None if extents is None else extents[i]
-      t = f
-      for seq in self.conv:
-        t = jax.nn.relu(seq[0](fpn_lib.mask_outside(t, ext)))
-      b, h, w, _ = t.shape
-      logits.append(self.cls_logits(t).astype(jnp.float32).reshape(b, -1))
-      deltas.append(self.bbox_pred(t).astype(jnp.float32).reshape(b, -1, 4))
+    # One set of weights over the levels: tied (layers.tied) so that XLA:CPU
+    # computes each level's weight gradient by itself.
+    n = len(features)
+    exts = [None] * n if extents is None else list(extents)
+    t = list(features)
+    for seq in self.conv:
+      t = [fpn_lib.mask_outside(x, e) for x, e in zip(t, exts)]
+      t = [jax.nn.relu(y) for y in layers.apply_shared(seq[0], t)]
+    logits = [y.astype(jnp.float32).reshape(y.shape[0], -1)
+              for y in layers.apply_shared(self.cls_logits, t)]
+    deltas = [y.astype(jnp.float32).reshape(y.shape[0], -1, 4)
+              for y in layers.apply_shared(self.bbox_pred, t)]
     return jnp.concatenate(logits, 1), jnp.concatenate(deltas, 1)
 
 

@@ -256,14 +256,15 @@ def test_vgg_freezes_conv1_and_conv2():
 
 
 def count_convolutions(model, x):
-  """Convolutions in the lowered value_and_grad of sum(trunk(x))."""
+  """Convolutions in the lowered value_and_grad of sum(trunk(x)); a 1x1
+  convolution is a matrix product (``layers.Conv``), counted with them."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def loss(p):
     return jnp.sum(nnx.merge(graphdef, p, rest).trunk(x))
 
   text = jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
-  return text.count("stablehlo.convolution")
+  return text.count("stablehlo.convolution") + text.count("stablehlo.dot_general")
 
 
 def test_frozen_stages_cost_no_backward_convolutions():
