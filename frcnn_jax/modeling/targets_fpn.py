@@ -78,6 +78,52 @@ def match(iou, row_valid, gt_valid, *, high: float, low: float,
   return jnp.where(row_valid & jnp.any(gt_valid), out, BELOW_LOW_THRESHOLD)
 
 
+def match_boxes(rows, row_valid, gt_boxes, gt_valid, *, high: float,
+                low: float, allow_low_quality_matches: bool,
+                chunk: int = 16):
+  """:func:`match` of ``rows [N, 4]`` against ``gt_boxes [M, 4]`` with the
+  IoU computed ``chunk`` gt slots at a time, up to the last real one.
+
+  Same result as ``match(iou_tv(rows, gt_boxes), ...)`` (ties included:
+  the first best gt slot wins), without forming the ``[N, M]`` matrix for
+  every padded slot: a COCO image has a handful of boxes in its
+  ``max_num_box`` (100) slots, and at 800x1333 ``N`` is ~270k anchors, where
+  the full matrix and its reductions took ~0.4 s of a 9 s train step on
+  the 2-core CPU. The loop is a ``while_loop`` over chunks (under ``vmap``
+  it runs to the largest count of the batch).
+  """
+  n, m = rows.shape[0], gt_boxes.shape[0]
+  pad = -(-m // chunk) * chunk - m
+  gt_boxes = jnp.pad(gt_boxes, ((0, pad), (0, 0)))
+  gt_valid = jnp.pad(gt_valid, (0, pad))
+  last = jnp.max(jnp.where(gt_valid, jnp.arange(m + pad) + 1, 0))
+  num_chunks = (last + chunk - 1) // chunk
+
+  def body(c, state):
+    best_val, best_idx, low_quality = state
+    g = jax.lax.dynamic_slice_in_dim(gt_boxes, c * chunk, chunk)
+    gv = jax.lax.dynamic_slice_in_dim(gt_valid, c * chunk, chunk)
+    ov = jnp.where(gv[None, :], box_ops.iou_tv(rows, g), -1.0)
+    val = jnp.max(ov, axis=1)
+    idx = jnp.argmax(ov, axis=1).astype(jnp.int32) + c * chunk
+    better = val > best_val           # earlier chunks win ties
+    best_val = jnp.where(better, val, best_val)
+    best_idx = jnp.where(better, idx, best_idx)
+    if allow_low_quality_matches:
+      per_gt = jnp.max(jnp.where(row_valid[:, None], ov, -1.0), axis=0)
+      hit = (ov == per_gt[None, :]) & gv[None, :] & (per_gt > 0)[None, :]
+      low_quality = low_quality | jnp.any(hit, axis=1)
+    return best_val, best_idx, low_quality
+
+  init = (jnp.full((n,), -1.0, jnp.float32), jnp.zeros((n,), jnp.int32),
+          jnp.zeros((n,), bool))
+  vals, best, low_quality = jax.lax.fori_loop(0, num_chunks, body, init)
+  out = jnp.where(vals < low, BELOW_LOW_THRESHOLD,
+                  jnp.where(vals < high, BETWEEN_THRESHOLDS, best))
+  out = jnp.where(low_quality, best, out)
+  return jnp.where(row_valid & jnp.any(gt_valid), out, BELOW_LOW_THRESHOLD)
+
+
 def rpn_targets(key, anchors, anchor_valid, gt_boxes, gt_valid, *,
                 batch_size: int = 256, fg_fraction: float = 0.5,
                 fg_iou: float = 0.7, bg_iou: float = 0.3,
@@ -88,9 +134,9 @@ def rpn_targets(key, anchors, anchor_valid, gt_boxes, gt_valid, *,
     dict with ``labels [N] int32`` (1 / 0 sampled, -1 not sampled) and
     ``bbox_targets [N, 4]`` (0 where not positive).
   """
-  iou = box_ops.iou_tv(anchors, gt_boxes)
-  matched = match(iou, anchor_valid, gt_valid, high=fg_iou, low=bg_iou,
-                  allow_low_quality_matches=True)
+  matched = match_boxes(anchors, anchor_valid, gt_boxes, gt_valid,
+                        high=fg_iou, low=bg_iou,
+                        allow_low_quality_matches=True)
   labels = jnp.where(matched >= 0, 1,
                      jnp.where(matched == BELOW_LOW_THRESHOLD, 0, -1))
   labels = jnp.where(anchor_valid, labels, -1).astype(jnp.int32)

@@ -63,6 +63,33 @@ def test_rpn_labels_and_targets_match_torchvision(rng):
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("gt_slots,valid_slots", [
+    (100, [0, 1, 2, 3, 4]), (100, [3, 40, 41, 99]), (20, list(range(20))),
+    (7, [6]), (10, [])])
+def test_chunked_matcher_is_the_matcher(rng, gt_slots, valid_slots):
+  # match_boxes (IoU chunk by chunk, up to the last real gt) against match
+  # on the full IoU matrix: ties, holes in gt_valid, invalid rows, no gt.
+  anchors = random_boxes(rng, 1500)
+  anchors[100:110] = anchors[90:100]        # duplicate rows: equal IoUs
+  gt = random_boxes(rng, gt_slots, lo=10, hi=90)
+  for i, slot in enumerate(valid_slots[:3]):
+    gt[slot] = anchors[5 * i] + 1.0         # near-copies: positives
+  if len(valid_slots) > 3:
+    gt[valid_slots[3]] = gt[valid_slots[0]]  # a repeated gt: ties across slots
+  gt_valid = np.zeros(gt_slots, bool)
+  gt_valid[valid_slots] = True
+  row_valid = rng.uniform(size=1500) > 0.1
+  for low_quality in (True, False):
+    kw = dict(high=0.7, low=0.3, allow_low_quality_matches=low_quality)
+    want = targets_fpn.match(box_ops.iou_tv(anchors, gt), row_valid,
+                             gt_valid, **kw)
+    got = jax.jit(lambda a, rv, g, gv: targets_fpn.match_boxes(
+        a, rv, g, gv, chunk=4, **kw))(anchors, row_valid, gt, gt_valid)
+    np.testing.assert_array_equal(got, want)
+  if valid_slots:
+    assert (np.asarray(want) >= 0).any()
+
+
 def test_rpn_sampling_counts(rng):
   anchors = random_boxes(rng, 3000)
   gt = np.zeros((4, 4), np.float32)

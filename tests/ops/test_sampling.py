@@ -52,6 +52,21 @@ def test_random_subset_traced_count():
     assert int(f(jax.random.key(0), n).sum()) == min(n, 20)
 
 
+@pytest.mark.parametrize("count", [0, 1, 7, 16])
+def test_random_subset_bound_is_the_full_sort(count):
+  # With a static bound the subset comes from top_k of the same keys: the
+  # same subset as the full sort, for every key, including when fewer
+  # candidates than the count exist.
+  for i, p in enumerate((0.02, 0.3, 0.9)):
+    mask = jax.random.bernoulli(jax.random.key(100 + i), p, (500,))
+    keys = jax.random.split(jax.random.key(i), 20)
+    full = jax.vmap(lambda k: S.random_subset(k, mask, count))(keys)
+    fast = jax.jit(jax.vmap(lambda k, n: S.random_subset(k, mask, n, bound=16)),
+                   )(keys, jnp.full((20,), count))
+    np.testing.assert_array_equal(fast, full)
+    assert np.all(np.asarray(fast).sum(1) == min(count, int(mask.sum())))
+
+
 def test_choose_without_replacement():
   mask = jnp.zeros((100,), bool).at[jnp.array([3, 17, 42, 99])].set(True)
   idx, valid = S.choose_without_replacement(jax.random.key(0), mask, 6)
