@@ -39,6 +39,7 @@ import pytest
 from flax import nnx
 
 from configs import coco_common
+from configs import tiny_fpn
 from frcnn_jax import eval_lib
 from frcnn_jax import optimizer as optimizer_lib
 from frcnn_jax import parallel
@@ -61,7 +62,7 @@ def _config(nms_impl: str = "pallas"):
   return c
 
 
-def abstract_programs(c, num_classes: int = 81) -> dict:
+def abstract_programs(c, num_classes: int = 81, canvas=CANVAS) -> dict:
   """Traced train step and predict of config ``c``, from abstract inputs.
 
   Returns ``{'train': Traced, 'predict': Traced}`` (``jax.stages.Traced``,
@@ -72,7 +73,7 @@ def abstract_programs(c, num_classes: int = 81) -> dict:
   graphdef, _, _ = detector.split_model(model)
   state = jax.eval_shape(lambda: train_lib.create_train_state(
       detector.build_detector(c, num_classes), tx, 0)[1])
-  b, (h, w), m = BATCH, CANVAS, c.data.max_num_box
+  b, (h, w), m = BATCH, canvas, c.data.max_num_box
   sds = jax.ShapeDtypeStruct
   batch = dict(image=sds((b, h, w, 3), jnp.uint8),
                im_info=sds((b, 3), jnp.float32),
@@ -211,3 +212,27 @@ def test_checks_catch_broken_programs():
   problems = _nms_problems(
       lambda b, s: pallas_nms.select_nms("jnp")(b, s, 0.5, 50))
   assert any("not compiled for cuda" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_fpn_detector_lowers_for_device(platform):
+  # The FPN models' train step and predict (configs/tiny_fpn.py's network,
+  # the code path of coco_r50_fpn.py) in bfloat16: a device program with no
+  # custom calls (no host callback anywhere: its NMS is the jnp one), every
+  # convolution and matrix product in bf16.
+  c = tiny_fpn.get_config()
+  c.model.dtype = "bfloat16"
+  canvas = (256, 384)
+  c.data.buckets = (canvas,)
+  c.train.batch_size = BATCH
+  programs = abstract_programs(c, num_classes=4, canvas=canvas)
+  for name, tr in programs.items():
+    text = tr.lower(lowering_platforms=(platform,)).as_text()
+    assert "custom_call" not in text, name
+    convs = re.findall(r"stablehlo\.convolution\(.*\n?.*-> tensor<[^>]*>", text)
+    dots = re.findall(r"stablehlo\.dot_general.*-> tensor<[^>]*>", text)
+    assert convs and dots, name
+    assert all("bf16" in op for op in convs), (name, convs[:3])
+    # The 1x1 convolutions (layers.Conv's matrix products) compute in bf16
+    # too; f32 products are the box coder's and the losses' small ones.
+    assert sum("bf16" in op for op in dots) >= 10, (name, dots[:3])
