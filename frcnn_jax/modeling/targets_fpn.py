@@ -69,12 +69,27 @@ def match(iou, row_valid, gt_valid, *, high: float, low: float,
   ov = jnp.where(gt_valid[None, :], iou, -1.0)
   vals = jnp.max(ov, axis=1)
   best = jnp.argmax(ov, axis=1).astype(jnp.int32)
+  low_quality = None
+  if allow_low_quality_matches:
+    low_quality = _low_quality(ov, row_valid, gt_valid)
+  return _decide(vals, best, low_quality, row_valid, gt_valid, high, low)
+
+
+def _low_quality(ov, row_valid, gt_valid):
+  """``[N]`` bool: rows that reach some real gt's best IoU (ties included;
+  a gt overlapping nothing adds none). ``ov`` is ``[N, M']``, -1 on
+  invalid gt columns; the columns may be any subset of the gt."""
+  per_gt = jnp.max(jnp.where(row_valid[:, None], ov, -1.0), axis=0)
+  hit = (ov == per_gt[None, :]) & gt_valid[None, :] & (per_gt > 0)[None, :]
+  return jnp.any(hit, axis=1)
+
+
+def _decide(vals, best, low_quality, row_valid, gt_valid, high, low):
+  """The Matcher's labels from each row's best IoU ``vals`` and gt ``best``."""
   out = jnp.where(vals < low, BELOW_LOW_THRESHOLD,
                   jnp.where(vals < high, BETWEEN_THRESHOLDS, best))
-  if allow_low_quality_matches:
-    per_gt = jnp.max(jnp.where(row_valid[:, None], ov, -1.0), axis=0)
-    hit = (ov == per_gt[None, :]) & gt_valid[None, :] & (per_gt > 0)[None, :]
-    out = jnp.where(jnp.any(hit, axis=1), best, out)
+  if low_quality is not None:
+    out = jnp.where(low_quality, best, out)
   return jnp.where(row_valid & jnp.any(gt_valid), out, BELOW_LOW_THRESHOLD)
 
 
@@ -110,18 +125,15 @@ def match_boxes(rows, row_valid, gt_boxes, gt_valid, *, high: float,
     best_val = jnp.where(better, val, best_val)
     best_idx = jnp.where(better, idx, best_idx)
     if allow_low_quality_matches:
-      per_gt = jnp.max(jnp.where(row_valid[:, None], ov, -1.0), axis=0)
-      hit = (ov == per_gt[None, :]) & gv[None, :] & (per_gt > 0)[None, :]
-      low_quality = low_quality | jnp.any(hit, axis=1)
+      low_quality = low_quality | _low_quality(ov, row_valid, gv)
     return best_val, best_idx, low_quality
 
   init = (jnp.full((n,), -1.0, jnp.float32), jnp.zeros((n,), jnp.int32),
           jnp.zeros((n,), bool))
   vals, best, low_quality = jax.lax.fori_loop(0, num_chunks, body, init)
-  out = jnp.where(vals < low, BELOW_LOW_THRESHOLD,
-                  jnp.where(vals < high, BETWEEN_THRESHOLDS, best))
-  out = jnp.where(low_quality, best, out)
-  return jnp.where(row_valid & jnp.any(gt_valid), out, BELOW_LOW_THRESHOLD)
+  return _decide(vals, best,
+                 low_quality if allow_low_quality_matches else None,
+                 row_valid, gt_valid, high, low)
 
 
 def rpn_targets(key, anchors, anchor_valid, gt_boxes, gt_valid, *,
