@@ -177,8 +177,8 @@ def _all_ones(v) -> bool:
 
 
 class Conv(nnx.Conv):
-  """``nnx.Conv`` (same parameters, same results) whose 1x1 kernels are
-  computed as a matrix product over the channels.
+  """``nnx.Conv`` (same parameters; the same values up to float rounding)
+  whose 1x1 kernels are computed as a matrix product over the channels.
 
   Why: XLA:CPU hands a 1x1 convolution fused with its element-wise epilogue
   (frozen BN, ReLU, residual add) to a YNNPACK convolution fusion that runs at
@@ -241,8 +241,8 @@ def tied(tree: Any, n: int) -> tuple[Any, ...]:
   the gradients and their sum keeps them apart. Measured with the FPN RPN
   head's 3x3 conv over P2-P6 (R50-FPN, 800x1333, batch 1, 2-core CPU): the
   fused weight gradient took 3.3 s of a 12.0 s train step; see
-  bench/README.md for the step with this. On other backends the barrier
-  only fixes the order of a sum.
+  bench/README.md for the step with this. Elsewhere the barrier only keeps
+  XLA from fusing across it.
   """
   return (tree,) * n
 
