@@ -21,16 +21,14 @@ import time
 
 import numpy as np
 
+from bench import fpn_reference
 
-def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-  rng = np.random.default_rng(seed)
-  small = rng.uniform(0, 255, (h // 8 + 2, w // 8 + 2, 3))
-  img = np.kron(small, np.ones((8, 8, 1)))[:h, :w]
-  for _ in range(12):
-    y, x = rng.integers(0, h - 80), rng.integers(0, w - 80)
-    img[y:y + rng.integers(40, 300), x:x + rng.integers(40, 400)] = (
-        rng.uniform(0, 255, 3))
-  return img.astype(np.uint8)
+
+def make_image(h: int, w: int) -> np.ndarray:
+  """The test's image (bench.fpn_reference) at real size: more and larger
+  rectangles."""
+  return fpn_reference.make_image(h, w, rects=12, margin=80, rect_h=(40, 300),
+                                  rect_w=(40, 400))
 
 
 def compare(variant: str, h: int, w: int, canvas: tuple[int, int]) -> dict:
@@ -41,13 +39,12 @@ def compare(variant: str, h: int, w: int, canvas: tuple[int, int]) -> dict:
   from torchvision.models import detection
   from torchvision.ops import box_iou
   from frcnn_jax.weights import torchvision_frcnn as tvf
-  from tests.fpn_reference import randomize
   # pylint: enable=import-outside-toplevel
   ctor = (detection.fasterrcnn_resnet50_fpn if variant == "v1" else
           detection.fasterrcnn_resnet50_fpn_v2)
   torch.manual_seed(0)
   tm = ctor(weights=None, weights_backbone=None, min_size=h, max_size=w)
-  randomize(tm, 1, 60.0)
+  fpn_reference.randomize(tm, 1, 60.0)
   tm.eval()
   img = make_image(h, w)
   x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0

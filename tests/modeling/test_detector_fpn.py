@@ -30,8 +30,8 @@ torch = pytest.importorskip("torch")
 tv_det = pytest.importorskip("torchvision.models.detection")
 tv_ops = pytest.importorskip("torchvision.ops")
 
-from tests.fpn_reference import make_image  # noqa: E402 (after the skips)
-from tests.fpn_reference import randomize  # noqa: E402
+from bench.fpn_reference import make_image  # noqa: E402 (after the skips)
+from bench.fpn_reference import randomize  # noqa: E402
 
 H, W = 320, 480
 SCORE_TOL = 1e-4
