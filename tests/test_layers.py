@@ -222,6 +222,37 @@ def test_files_stay_readable():
   assert not long, long
 
 
+def _tool_imports(top: str) -> list[tuple[str, int, str]]:
+  """(file, line, imported top-level name) of every import in ``top``/."""
+  out = []
+  for root, dirs, files in os.walk(os.path.join(REPO, top)):
+    dirs[:] = [d for d in dirs if not d.startswith((".", "__pycache__"))]
+    for f in files:
+      if f.endswith(".py"):
+        path = os.path.join(root, f)
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+          if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+          elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+          else:
+            continue
+          out += [(path, node.lineno, n.split(".")[0]) for n in names]
+  return out
+
+
+def test_tools_above_the_library_point_down():
+  """The library never imports bench/ or tests/; bench/ never imports tests/
+  (tests import bench to test its tools: the other way would be a circle)."""
+  bad = [f"{path}:{line}: the library imports {name}"
+         for top in ("ops", "frcnn_jax", "configs")
+         for path, line, name in _tool_imports(top)
+         if name in ("bench", "tests")]
+  bad += [f"{path}:{line}: bench imports tests"
+          for path, line, name in _tool_imports("bench") if name == "tests"]
+  assert not bad, "\n".join(bad)
+
+
 def test_the_rules_catch_violations(tmp_path, monkeypatch):
   """The checks above fail on an upward import and on a circle."""
   fake = dict(GRAPH)
