@@ -25,7 +25,6 @@ import logging
 import os
 from typing import Any, Iterable, Iterator
 
-import jax
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -83,9 +82,8 @@ class _Model:
     image, batched by canvas (keys come back grouped by canvas)."""
     for keys, batch in loader.image_batches(list(items), self.config.data,
                                             self.config.test.batch_size):
-      g = parallel.global_batch(batch, self.mesh)
-      out = jax.device_get(self.predict_fn(self.params, self.rest, g["image"],
-                                           g["im_info"], g["image_id"]))
+      out = eval_lib.predict_batch(self.predict_fn, self.params, self.rest,
+                                   batch, self.mesh)
       for j, key in enumerate(keys):
         v = np.asarray(out["valid"][j], bool)
         yield key, {k: np.asarray(out[k][j])[v]

@@ -50,6 +50,17 @@ def make_predict_fn(graphdef, mesh):
                  compiler_options=compiler_options.detector_options())
 
 
+def predict_batch(predict_fn, params, rest, batch, mesh) -> dict:
+  """``predict_fn`` on one host batch (``image``, ``im_info``, ``image_id``;
+  other keys ignored) placed on ``mesh``; NumPy outputs of the whole global
+  batch (``boxes`` in original pixels, ``scores``, ``classes``, ``valid``,
+  ``image_id``)."""
+  g = parallel.global_batch(
+      {k: batch[k] for k in ("image", "im_info", "image_id")}, mesh)
+  return jax.device_get(predict_fn(params, rest, g["image"], g["im_info"],
+                                   g["image_id"]))
+
+
 def predict_dataset(predict_fn, params, rest, loader, mesh, *,
                     max_images: int | None = None, desc: str = "eval",
                     timing: dict | None = None) -> dict[str, np.ndarray]:
@@ -74,14 +85,11 @@ def predict_dataset(predict_fn, params, rest, loader, mesh, *,
                         enabled=show) as bar:
     for batch in loader:
       t = time.perf_counter()
-      g = parallel.global_batch(
-          {k: batch[k] for k in ("image", "im_info", "image_id")}, mesh)
-      out = jax.device_get(predict_fn(params, rest, g["image"], g["im_info"],
-                                      g["image_id"]))
+      out = predict_batch(predict_fn, params, rest, batch, mesh)
       if timing is not None:
         shapes = timing.setdefault("shapes", set())
-        if g["image"].shape not in shapes:
-          shapes.add(g["image"].shape)
+        if batch["image"].shape not in shapes:
+          shapes.add(batch["image"].shape)
           timing["compile_s"] = (timing.get("compile_s", 0.0) +
                                  time.perf_counter() - t)
       keep = out["image_id"] >= 0

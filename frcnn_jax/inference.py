@@ -207,10 +207,8 @@ class Detector:
       NumPy ``boxes [B, Dt, 4]`` (original pixels), ``scores``, ``classes``,
       ``valid``, ``image_id`` for the ``B = batch_size`` slots.
     """
-    g = parallel.global_batch(
-        {k: batch[k] for k in ("image", "im_info", "image_id")}, self.mesh)
-    return jax.device_get(self._predict(self.params, self.rest, g["image"],
-                                        g["im_info"], g["image_id"]))
+    return eval_lib.predict_batch(self._predict, self.params, self.rest,
+                                  batch, self.mesh)
 
   def __repr__(self) -> str:
     where = self.path or "fresh"
