@@ -67,9 +67,7 @@ def _define_config_flag(help_string: str) -> None:
         default=config_lib.DEFAULT_CONFIG, help_string=help_string,
         flag_values=flags.FLAGS)
   except (AttributeError, KeyError) as e:
-    print(f"error: {_override_message(None, e)}", file=sys.stderr,
-          flush=True)
-    sys.exit(2)
+    exit_with_message(_override_message(None, e), code=2)
   flags.DEFINE_flag(flag, flags.FLAGS)
 
 
@@ -189,13 +187,10 @@ def _parse_flags(argv, module=None):
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:   # A misspelt --config.<key>.
-    print(f"error: {_override_message(None, e)}", file=sys.stderr,
-          flush=True)
-    sys.exit(2)
+    exit_with_message(_override_message(None, e), code=2)
   except flags.Error as e:
-    print(f"error: {e}\n(--help lists the flags; --print_config the config "
-          f"keys)", file=sys.stderr, flush=True)
-    sys.exit(2)
+    exit_with_message(f"{e}\n(--help lists the flags; --print_config the "
+                      f"config keys)", code=2)
 
 
 def run_tool(main, *, runtime_errors: tuple = ()) -> None:
@@ -321,7 +316,7 @@ def workdir(f, *, must_exist: bool = False) -> str:
   return path
 
 
-def exit_with_message(error: BaseException, code: int) -> None:
+def exit_with_message(error: BaseException | str, code: int) -> None:
   """Ends the program with ``error``'s message (no traceback) and ``code``."""
   print(f"error: {error}", file=sys.stderr, flush=True)
   sys.exit(code)

@@ -62,7 +62,7 @@ def main(argv):
                  score_thresh=(FLAGS.score_thresh if FLAGS.score_thresh >= 0
                                else config.test.vis_score_thresh),
                  extensions=EXTENSIONS, max_frames=FLAGS.max_frames)
-  except ValueError as e:   # The output folder is the input folder.
+  except demo_lib.OutputIsInputError as e:
     raise cli.UserError(str(e)) from None
 
 

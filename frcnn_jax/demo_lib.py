@@ -52,6 +52,11 @@ _SAVE = {".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
          ".webp": ("WEBP", {"quality": 95}), ".ppm": ("PPM", {})}
 
 
+class OutputIsInputError(ValueError):
+  """The output folder is the image folder: the drawings would replace the
+  images (same file names)."""
+
+
 def source_kind(source: str) -> str:
   """``'webcam'`` (an integer), ``'video'`` (a file with a video extension),
   ``'folder'`` (a directory) or ``'image'`` (any other file)."""
@@ -128,8 +133,8 @@ def run(config, workdir: str, source: str, out_dir: str, *, step=None,
 
   Raises:
     FileNotFoundError: ``source`` does not exist, or holds no image.
-    ValueError: ``out_dir`` is the image folder itself (the pictures would
-      replace the inputs).
+    OutputIsInputError (a ValueError): ``out_dir`` is the image folder
+      itself (the pictures would replace the inputs).
     ImportError: a video or webcam without OpenCV.
   """
   kind = source_kind(source)
@@ -138,9 +143,9 @@ def run(config, workdir: str, source: str, out_dir: str, *, step=None,
   if kind in ("folder", "image"):
     folder = source if kind == "folder" else os.path.dirname(source) or "."
     if os.path.realpath(folder) == os.path.realpath(out_dir):
-      raise ValueError(f"the output folder {out_dir} is the image folder: "
-                       f"the drawings would replace the images; pick "
-                       f"another --out")
+      raise OutputIsInputError(f"the output folder {out_dir} is the image "
+                               f"folder: the drawings would replace the "
+                               f"images; pick another --out")
     files = ([f for f in sorted(os.listdir(source))
               if f.lower().endswith(tuple(extensions))]
              if kind == "folder" else [os.path.basename(source)])
