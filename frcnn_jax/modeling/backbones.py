@@ -92,6 +92,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from frcnn_jax.modeling.layers import apply_conv_norm
 from frcnn_jax.modeling.layers import conv
 from frcnn_jax.modeling.layers import conv_extent
 from frcnn_jax.modeling.layers import freeze_params
@@ -100,7 +101,6 @@ from frcnn_jax.modeling.layers import FrozenParam
 from frcnn_jax.modeling.layers import FrozenStat
 from frcnn_jax.modeling.layers import linear_kernel_init
 from frcnn_jax.modeling.layers import make_norm
-from frcnn_jax.modeling.layers import mask_of
 from frcnn_jax.modeling.layers import max_pool
 from frcnn_jax.modeling.layers import NORMS
 from frcnn_jax.modeling.layers import pool_output_size
@@ -165,19 +165,13 @@ class Bottleneck(nnx.Module):
     """
     s1, s3 = self.strides
     e1 = None if extent is None else conv_extent(extent, 1, s1, 0)
-    out = self.conv1(x)
-    out = jax.nn.relu(self.bn1(out, mask=mask_of(out, e1)))
+    out = jax.nn.relu(apply_conv_norm(self.conv1, self.bn1, x, e1))
     out = zero_outside(out, e1)
     e2 = None if extent is None else conv_extent(e1, 3, s3, 1)
-    out = self.conv2(out)
-    out = jax.nn.relu(self.bn2(out, mask=mask_of(out, e2)))
-    out = self.conv3(out)
-    out = self.bn3(out, mask=mask_of(out, e2))
-    if self.downsample is None:
-      shortcut = x
-    else:
-      shortcut = self.downsample[0](x)
-      shortcut = self.downsample[1](shortcut, mask=mask_of(shortcut, e2))
+    out = jax.nn.relu(apply_conv_norm(self.conv2, self.bn2, out, e2))
+    out = apply_conv_norm(self.conv3, self.bn3, out, e2)
+    shortcut = x if self.downsample is None else apply_conv_norm(
+        *self.downsample, x, e2)
     return jax.nn.relu(out + shortcut.astype(out.dtype)), e2
 
 
@@ -207,15 +201,11 @@ class BasicBlock(nnx.Module):
                ) -> tuple[Array, Array | None]:
     """As :meth:`Bottleneck.__call__` (both convs are 3x3)."""
     e1 = None if extent is None else conv_extent(extent, 3, self.stride, 1)
-    out = self.conv1(zero_outside(x, extent))
-    out = jax.nn.relu(self.bn1(out, mask=mask_of(out, e1)))
-    out = self.conv2(zero_outside(out, e1))
-    out = self.bn2(out, mask=mask_of(out, e1))
-    if self.downsample is None:
-      shortcut = x
-    else:
-      shortcut = self.downsample[0](x)
-      shortcut = self.downsample[1](shortcut, mask=mask_of(shortcut, e1))
+    out = jax.nn.relu(apply_conv_norm(self.conv1, self.bn1,
+                                      zero_outside(x, extent), e1))
+    out = apply_conv_norm(self.conv2, self.bn2, zero_outside(out, e1), e1)
+    shortcut = x if self.downsample is None else apply_conv_norm(
+        *self.downsample, x, e1)
     return jax.nn.relu(out + shortcut.astype(out.dtype)), e1
 
 
@@ -308,8 +298,8 @@ class ResNet(nnx.Module):
 
   def _stem(self, x: Array, extent: Array | None):
     e = None if extent is None else conv_extent(extent, 7, 2, 3)
-    x = self.conv1(x.astype(self.dtype))
-    x = jax.nn.relu(self.bn1(x, mask=mask_of(x, e)))
+    x = jax.nn.relu(apply_conv_norm(self.conv1, self.bn1,
+                                    x.astype(self.dtype), e))
     x = zero_outside(x, e)
     pool = (0, True) if self.stride_in_1x1 else (1, False)
     x = max_pool(x, 3, 2, padding=pool[0], ceil_mode=pool[1])

@@ -141,10 +141,15 @@ class BatchNorm(nnx.Module):
     self.mean = FrozenStat(jnp.zeros((num_features,), jnp.float32))
     self.var = FrozenStat(jnp.ones((num_features,), jnp.float32))
 
-  def __call__(self, x: Array) -> Array:
+  def affine(self) -> tuple[Array, Array]:
+    """``(factor, offset)`` float32 [C]: the layer is ``x * factor +
+    offset``; gradients reach ``scale`` and ``bias`` through them."""
     stat = lambda v: jax.lax.stop_gradient(v[...].astype(jnp.float32))
     factor = self.scale[...] * jax.lax.rsqrt(stat(self.var) + self.epsilon)
-    offset = self.bias[...] - stat(self.mean) * factor
+    return factor, self.bias[...] - stat(self.mean) * factor
+
+  def __call__(self, x: Array) -> Array:
+    factor, offset = self.affine()
     return (x.astype(self.dtype) * factor.astype(self.dtype)
             + offset.astype(self.dtype))
 
@@ -162,8 +167,17 @@ def conv_norm(in_features: int, out_features: int, kernel: int, *,
 
 
 def apply_seq(seq: nnx.List, x: Array) -> Array:
-  for layer in seq:
-    x = layer(x)
+  """The layers of ``seq`` in turn; a conv followed by a BatchNorm is one
+  convolution with the norm folded in (``layers.apply_conv_norm``)."""
+  items, i = list(seq), 0
+  while i < len(items):
+    if (i + 1 < len(items) and isinstance(items[i], layers.Conv) and
+        isinstance(items[i + 1], BatchNorm)):
+      x = layers.apply_conv_norm(items[i], items[i + 1], x)
+      i += 2
+    else:
+      x = items[i](x)
+      i += 1
   return x
 
 
@@ -213,13 +227,13 @@ def _bottleneck(blk: backbones.Bottleneck, x: Array, extent,
   ``stride`` is the input's stride (w.r.t. the image); the block's own
   stride is read from its conv1 (caffe layout) and conv2 (torchvision's).
   """
-  out = jax.nn.relu(blk.bn1(blk.conv1(x)))
+  fold = layers.apply_conv_norm
+  out = jax.nn.relu(fold(blk.conv1, blk.bn1, x))
   s1 = blk.conv1.strides[0]
   out = mask_outside(out, _ext(extent, stride * s1))
-  out = jax.nn.relu(blk.bn2(blk.conv2(out)))
-  out = blk.bn3(blk.conv3(out))
-  shortcut = x if blk.downsample is None else blk.downsample[1](
-      blk.downsample[0](x))
+  out = jax.nn.relu(fold(blk.conv2, blk.bn2, out))
+  out = fold(blk.conv3, blk.bn3, out)
+  shortcut = x if blk.downsample is None else fold(*blk.downsample, x)
   return jax.nn.relu(out + shortcut.astype(out.dtype))
 
 
@@ -228,11 +242,11 @@ def _basic(blk: backbones.BasicBlock, x: Array, extent,
   """BasicBlock (the tiny test network) with both 3x3 inputs masked."""
   x = mask_outside(x, _ext(extent, stride))
   s = blk.conv1.strides[0]
-  out = jax.nn.relu(blk.bn1(blk.conv1(x)))
+  fold = layers.apply_conv_norm
+  out = jax.nn.relu(fold(blk.conv1, blk.bn1, x))
   out = mask_outside(out, _ext(extent, stride * s))
-  out = blk.bn2(blk.conv2(out))
-  shortcut = x if blk.downsample is None else blk.downsample[1](
-      blk.downsample[0](x))
+  out = fold(blk.conv2, blk.bn2, out)
+  shortcut = x if blk.downsample is None else fold(*blk.downsample, x)
   return jax.nn.relu(out + shortcut.astype(out.dtype))
 
 
@@ -250,7 +264,8 @@ def resnet_stages(body: backbones.ResNet, x: Array,
   as ``ResNet.trunk`` does.
   """
   block_fn = _bottleneck if body.block == "bottleneck" else _basic
-  x = jax.nn.relu(body.bn1(body.conv1(x.astype(body.dtype))))
+  x = jax.nn.relu(layers.apply_conv_norm(body.conv1, body.bn1,
+                                          x.astype(body.dtype)))
   x = mask_outside(x, _ext(extent, 2))
   if body.stride_in_1x1:
     x = max_pool(x, 3, 2, padding=0, ceil_mode=True)

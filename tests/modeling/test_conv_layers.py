@@ -1,7 +1,9 @@
-"""modeling/layers.py: the pointwise Conv and weights tied across calls.
+"""modeling/layers.py: the pointwise Conv, norms folded into convolutions,
+and weights tied across calls.
 
-The references are flax's own ``nnx.Conv`` (the layer these replace) and
-autodiff's gradient of the plain repeated calls.
+The references are flax's own ``nnx.Conv`` (the layer these replace), the
+norm applied after the convolution, and autodiff's gradient of the plain
+repeated calls.
 """
 
 import jax
@@ -9,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.extend import core as jax_core
 
+from frcnn_jax.modeling import fpn
 from frcnn_jax.modeling import layers
 
 
@@ -114,3 +118,126 @@ def test_apply_shared_is_repeated_calls():
   # is in the lowered gradient program.
   hlo = jax.jit(nnx.grad(shared)).lower(conv).as_text()
   assert "optimization_barrier" in hlo
+
+
+def _affine(c=5, seed=7):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  return (jax.random.uniform(k1, (c,), minval=0.3, maxval=2.0),
+          jax.random.normal(k2, (c,)))
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (1, 1, ((0, 0), (0, 0))), (1, 2, "VALID"), (3, 1, ((1, 1), (1, 1))),
+    (3, 2, ((1, 1), (1, 1))), (7, 2, ((3, 3), (3, 3))), (3, 1, "SAME")])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_affine_folds_into_the_kernel(kernel, stride, padding, use_bias):
+  # conv(x, affine=(f, o)) is nnx.Conv(x) * f + o, values and gradients
+  # (to the kernel, the bias, the input and the affine itself).
+  ours, ref = _pair(kernel, stride, use_bias, padding)
+  x = jax.random.normal(jax.random.key(4), (2, 9, 11, 6))
+  aff = _affine()
+  np.testing.assert_allclose(ours(x, affine=aff), ref(x) * aff[0] + aff[1],
+                             rtol=1e-5, atol=1e-5)
+
+  def loss(m, x, aff, folded):
+    y = m(x, affine=aff) if folded else m(x) * aff[0] + aff[1]
+    return jnp.sum(jnp.sin(y))
+
+  g = nnx.grad(loss, argnums=(0, 1, 2))(ours, x, aff, True)
+  g_ref = nnx.grad(loss, argnums=(0, 1, 2))(ref, x, aff, False)
+  tol = dict(rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g[0].kernel[...], g_ref[0].kernel[...], **tol)
+  if use_bias:
+    np.testing.assert_allclose(g[0].bias[...], g_ref[0].bias[...], **tol)
+  np.testing.assert_allclose(g[1], g_ref[1], **tol)
+  for a, b in zip(g[2], g_ref[2]):
+    np.testing.assert_allclose(a, b, **tol)
+
+
+def test_affine_keeps_the_compute_dtype():
+  ours, ref = _pair(3, 1, True, ((1, 1), (1, 1)), dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(5), (1, 6, 6, 6))
+  aff = _affine()
+  y = ours(x, affine=aff)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+      y.astype(np.float32),
+      ref(x).astype(np.float32) * aff[0] + aff[1], rtol=3e-2, atol=3e-2)
+
+
+def test_unfoldable_conv_applies_the_affine_after():
+  # A padding the fold does not handle (circular) still gives the right map.
+  ours, ref = _pair(3, 1, True, "CIRCULAR")
+  x = jax.random.normal(jax.random.key(6), (1, 6, 7, 6))
+  aff = _affine()
+  assert not ours._foldable(x)
+  np.testing.assert_allclose(ours(x, affine=aff), ref(x) * aff[0] + aff[1],
+                             rtol=1e-6, atol=1e-6)
+
+
+def _frozen_bn(c=5):
+  bn = layers.FrozenBatchNorm(c)
+  k = jax.random.split(jax.random.key(8), 4)
+  bn.scale[...] = jax.random.uniform(k[0], (c,), minval=0.5, maxval=1.5)
+  bn.bias[...] = jax.random.normal(k[1], (c,))
+  bn.mean[...] = jax.random.normal(k[2], (c,))
+  bn.var[...] = jax.random.uniform(k[3], (c,), minval=0.2, maxval=3.0)
+  return bn
+
+
+def _activation_sized_muls(fn, *args):
+  """Multiplies in fn's jaxpr whose output is as large as the activation."""
+  jaxpr = jax.make_jaxpr(fn)(*args)
+  out = [v.aval.shape for v in jaxpr.jaxpr.outvars][0]
+
+  def walk(j):
+    for e in j.eqns:
+      if e.primitive.name == "mul" and e.outvars[0].aval.shape == out:
+        yield e
+      for sub in jax_core.jaxprs_in_params(e.params):
+        yield from walk(sub)
+  return list(walk(jaxpr.jaxpr))
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+def test_apply_conv_norm_folds_batchnorm(norm):
+  conv = layers.conv(6, 5, 3, 2, padding=1, dtype=jnp.float32,
+                     param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  bn = _frozen_bn()
+  if norm == "bn":  # torchvision v2's BatchNorm: scale and bias trainable
+    tv = fpn.BatchNorm(5)
+    for name in ("scale", "bias", "mean", "var"):
+      getattr(tv, name)[...] = getattr(bn, name)[...]
+    bn = tv
+  x = jax.random.normal(jax.random.key(9), (2, 9, 11, 6))
+  np.testing.assert_allclose(layers.apply_conv_norm(conv, bn, x),
+                             bn(conv(x)), rtol=1e-5, atol=1e-5)
+  # The fold leaves no element-wise product over the output.
+  assert not _activation_sized_muls(
+      lambda x: layers.apply_conv_norm(conv, bn, x), x)
+  assert _activation_sized_muls(lambda x: bn(conv(x)), x)
+
+  def loss(modules, folded):
+    c, n = modules
+    y = layers.apply_conv_norm(c, n, x) if folded else n(c(x))
+    return jnp.sum(jnp.sin(y))
+
+  g = nnx.grad(loss)((conv, bn), True)
+  g_ref = nnx.grad(loss)((conv, bn), False)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  if norm == "bn":  # the norm's own parameters get their gradient
+    assert float(jnp.abs(g[1].scale[...]).sum()) > 0
+
+
+def test_apply_conv_norm_keeps_groupnorm_after_the_conv():
+  conv = layers.conv(6, 8, 3, 1, padding=1, dtype=jnp.float32,
+                     param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  gn = layers.make_norm("group", 8, gn_groups=4, dtype=jnp.float32,
+                        param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(10), (2, 7, 9, 6))
+  extent = jnp.array([[5, 6], [7, 9]], jnp.int32)
+  y = conv(x)
+  np.testing.assert_array_equal(
+      layers.apply_conv_norm(conv, gn, x, extent),
+      gn(y, mask=layers.extent_mask(extent, 7, 9)))
