@@ -3,6 +3,7 @@
   python -m bench.compare [--models r101] [--height 600 --width 1000]
                           [--batch 1] [--repeats 3] [--no-isolate]
   python -m bench.compare --models r50_fpn     # 800 x 1333, batch 1 and 2
+  python -m bench.compare --models r50_fpn --interleave 6   # + side by side
 
 ``r50_fpn`` is torchvision's own ``fasterrcnn_resnet50_fpn`` (built as for
 training from ImageNet weights: FrozenBatchNorm2d, trainable_layers=3,
@@ -34,6 +35,12 @@ each is met. By default each detector measurement runs in a child process
 process the peak RSS of a later measurement hides in memory an earlier one
 freed. `--no-isolate` runs everything in this process (timings agree; the
 memory columns then understate).
+
+`--interleave ROUNDS` adds, per model and batch, a ratio row from both train
+steps taken alternately, each framework in a process of its own
+(`step.interleaved_train`): the shared VM's speed drifts by ~10% within
+minutes, more than the difference being measured when the two are close;
+steps taken side by side see the same drift.
 """
 
 from __future__ import annotations
@@ -58,11 +65,26 @@ def _verdict(ok: bool | None) -> str:
 
 
 def detector_rows(args) -> list[dict]:
-  """One row per (model, framework, batch) and a ratio row per model."""
+  """One row per (model, framework, batch) and a ratio row per model; with
+  ``--interleave``, one more ratio row from the side-by-side train steps."""
   rows = []
   for batch in args.batch:
     rows += _detector_rows(args, batch)
+    if args.interleave:
+      rows += [_interleaved_row(args, m, batch) for m in args.models]
   return rows
+
+
+def _interleaved_row(args, model: str, batch: int) -> dict:
+  kwargs = dict(model=model, h=args.height, w=args.width, batch=batch,
+                rounds=args.interleave)
+  r = step.interleaved_train(**kwargs)
+  return {"framework": f"ours / torchvision, side by side "
+                       f"({args.interleave} rounds)",
+          "model": model, "batch": batch, "train_step_s": r["ratio"],
+          "detail": (f"medians {r['ours_step_s']:.2f} / "
+                     f"{r['torchvision_step_s']:.2f} s; ratios "
+                     + " ".join(f"{x:.2f}" for x in r["ratios"]))}
 
 
 def _detector_rows(args, batch: int) -> list[dict]:
@@ -100,11 +122,13 @@ def format_detector(rows: list[dict]) -> str:
     if r["framework"].startswith("ours /"):
       train, infer = r.get("train_step_s"), r.get("infer_images_per_s")
       goal = INFER_TARGETS.get(r["model"], INFER_TARGET)
-      r = dict(r, target=(
-          f"train <= {TRAIN_TARGET}x: "
-          f"{_verdict(None if train is None else train <= TRAIN_TARGET)}; "
-          f"infer >= {goal}x: "
-          f"{_verdict(None if infer is None else infer >= goal)}"))
+      target = (f"train <= {TRAIN_TARGET}x: "
+                f"{_verdict(None if train is None else train <= TRAIN_TARGET)}")
+      if infer is not None:
+        target += f"; infer >= {goal}x: {_verdict(infer >= goal)}"
+      if r.get("detail"):
+        target += f" ({r['detail']})"
+      r = dict(r, target=target)
     marked.append(r)
   return step.format_table(marked, COLUMNS)
 
@@ -163,6 +187,10 @@ def parse_args(argv=None):
   p.add_argument("--ops-repeats", type=int, default=7)
   p.add_argument("--isolate", action=argparse.BooleanOptionalAction,
                  default=True)
+  p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                 help="also take both train steps alternately (each in its "
+                 "own process) for ROUNDS rounds and report the median of "
+                 "the per-round ratios (robust to the machine's drift)")
   p.add_argument("--ops", action=argparse.BooleanOptionalAction,
                  default=None, help="also the detection-ops table (default: "
                  "when a C4 model is measured)")

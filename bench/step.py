@@ -32,6 +32,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -177,13 +178,37 @@ def train_setup(c, num_classes: int, mesh, canvas: tuple[int, int],
   return graphdef, tx, sched, state, batch_d
 
 
+def _ours_train_runner(graphdef, tx, sched, state, batch_d, mesh, out: dict):
+  """Compiles our train step; ``(run_step, holder)``: ``run_step()`` runs
+  one step (blocking), ``holder["state"]`` is the latest state. Writes the
+  compile time, XLA's FLOP count and memory plan into ``out``."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from frcnn_jax import train_lib  # pylint: disable=import-outside-toplevel
+  step = train_lib.jit_train_step(
+      train_lib.make_train_step(graphdef, tx, sched), mesh)
+  t = time.perf_counter()
+  compiled = step.lower(state, batch_d).compile()
+  out["train_compile_s"] = time.perf_counter() - t
+  out["train_gflop"] = _xla_gflop(compiled)
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    out["train_xla_mib"] = (mem.argument_size_in_bytes +
+                            mem.temp_size_in_bytes) / 2**20
+  holder = {"state": state}
+
+  def run_step():
+    holder["state"], metrics = compiled(holder["state"], batch_d)
+    jax.block_until_ready(metrics)
+
+  return run_step, holder
+
+
 def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
                  do_train: bool = True, do_infer: bool = True,
                  dtype: str = "float32", profile: bool = False) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from frcnn_jax import eval_lib  # pylint: disable=import-outside-toplevel
   from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
-  from frcnn_jax import train_lib  # pylint: disable=import-outside-toplevel
   k = canvas_multiple(model)
   hp, wp = -(-h // k) * k, -(-w // k) * k
   c = seed_config(model, hp, wp, batch, dtype)
@@ -193,22 +218,8 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
   graphdef, tx, sched, state, batch_d = train_setup(
       c, 91 if model in FPN_MODELS else 21, mesh, (hp, wp), (h, w), batch)
   if do_train:
-    step = train_lib.jit_train_step(
-        train_lib.make_train_step(graphdef, tx, sched), mesh)
-    t = time.perf_counter()
-    compiled = step.lower(state, batch_d).compile()
-    out["train_compile_s"] = time.perf_counter() - t
-    out["train_gflop"] = _xla_gflop(compiled)
-    mem = compiled.memory_analysis()
-    if mem is not None:
-      out["train_xla_mib"] = (mem.argument_size_in_bytes +
-                              mem.temp_size_in_bytes) / 2**20
-    holder = {"state": state}
-
-    def run_step():
-      holder["state"], metrics = compiled(holder["state"], batch_d)
-      jax.block_until_ready(metrics)
-
+    run_step, holder = _ours_train_runner(graphdef, tx, sched, state, batch_d,
+                                          mesh, out)
     with PeakRSS() as rss:
       out["train_step_s"] = timing.median_s(run_step, repeats)
     out["train_rss_mib"] = rss.mib
@@ -311,14 +322,14 @@ def build_torchvision(model: str, num_classes: int = 21):
       box_batch_size_per_image=128, box_positive_fraction=0.25)
 
 
-def measure_torchvision(model: str, h: int, w: int, batch: int,
-                        repeats: int, do_train: bool = True,
-                        do_infer: bool = True) -> dict:
+def _torchvision_setup(model: str, h: int, w: int, batch: int):
+  """``(net, images, train_step)``: torchvision's detector for ``model``
+  (no resizing: the images already have the size under test), the same
+  images as ours, and a function running one SGD step in train mode."""
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   net = build_torchvision(model)
-  # No resizing: the images already have the size under test.
   net.transform.min_size = (min(h, w),)
   net.transform.max_size = max(h, w)
   image, boxes, classes = make_inputs(h, w, batch)
@@ -326,20 +337,28 @@ def measure_torchvision(model: str, h: int, w: int, batch: int,
             for im in image]
   targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(
       c.astype(np.int64))} for b, c in zip(boxes, classes)]
+  opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad],
+                        lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+  def train_step():
+    net.train()
+    losses = net(images, targets)
+    loss = sum(losses.values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+  return net, images, train_step
+
+
+def measure_torchvision(model: str, h: int, w: int, batch: int,
+                        repeats: int, do_train: bool = True,
+                        do_infer: bool = True) -> dict:
+  import torch  # pylint: disable=import-outside-toplevel
+  net, images, run_step = _torchvision_setup(model, h, w, batch)
   out = {"framework": "torchvision", "model": model, "image": f"{h}x{w}",
          "canvas": "pad to 32", "batch": batch, "dtype": "float32"}
   if do_train:
-    net.train()
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad],
-                          lr=1e-3, momentum=0.9, weight_decay=1e-4)
-
-    def run_step():
-      losses = net(images, targets)
-      loss = sum(losses.values())
-      opt.zero_grad()
-      loss.backward()
-      opt.step()
-
     with PeakRSS() as rss:
       out["train_step_s"] = timing.median_s(run_step, repeats)
     out["train_rss_mib"] = rss.mib
@@ -360,6 +379,101 @@ def measure_torchvision(model: str, h: int, w: int, batch: int,
   out["infer_gflop"] = _torch_gflop(run_predict)
   out["infer_gflops"] = out["infer_gflop"] * out["infer_images_per_s"] / batch
   return out
+
+
+def train_worker(framework: str, model: str, h: int, w: int,
+                 batch: int) -> None:
+  """A child of :func:`interleaved_train`: sets up one framework's train
+  step, runs it once (compilation, warm-up), prints ``READY``, then for
+  every ``step`` line on stdin runs one step and prints ``TIME <seconds>``;
+  stops at end of input."""
+  if framework == "ours":
+    from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
+    k = canvas_multiple(model)
+    hp, wp = -(-h // k) * k, -(-w // k) * k
+    c = seed_config(model, hp, wp, batch, "float32")
+    mesh = parallel.create_mesh()
+    graphdef, tx, sched, state, batch_d = train_setup(
+        c, 91 if model in FPN_MODELS else 21, mesh, (hp, wp), (h, w), batch)
+    run, _ = _ours_train_runner(graphdef, tx, sched, state, batch_d, mesh, {})
+  else:
+    _, _, run = _torchvision_setup(model, h, w, batch)
+  run()
+  print("READY", flush=True)
+  for line in sys.stdin:
+    if line.strip() != "step":
+      break
+    t = time.perf_counter()
+    run()
+    print(f"TIME {time.perf_counter() - t!r}", flush=True)
+
+
+class _Worker:
+  """A :func:`train_worker` child process."""
+
+  def __init__(self, framework: str, **kwargs):
+    code = (f"import sys; sys.path.insert(0, {os.getcwd()!r}); "
+            f"from bench import step; "
+            f"step.train_worker({framework!r}, **{kwargs!r})")
+    self._err = tempfile.TemporaryFile(mode="w+")
+    self._proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=self._err, text=True)
+    self._expect("READY")
+
+  def _expect(self, word: str) -> str:
+    for line in self._proc.stdout:
+      if line.startswith(word):
+        return line[len(word):].strip()
+    self._err.seek(0)
+    raise RuntimeError(f"train worker died:\n{self._err.read()[-4000:]}")
+
+  def step(self) -> float:
+    self._proc.stdin.write("step\n")
+    self._proc.stdin.flush()
+    return float(self._expect("TIME"))
+
+  def close(self) -> None:
+    self._proc.stdin.close()
+    self._proc.wait()
+    self._err.close()
+
+
+def interleaved_train(model: str, h: int, w: int, batch: int,
+                      rounds: int) -> dict:
+  """Our train step and torchvision's, taken alternately.
+
+  Each framework lives in a process of its own (no shared thread pools),
+  set up and warmed up once; then ``rounds`` rounds each run one step of
+  each, ours first in even rounds and torchvision first in odd ones, while
+  the other process waits. A shared VM's speed drifts by ~10% within
+  minutes; steps taken side by side see the same drift, so the median of
+  the per-round ratios is the comparison to trust when the two are close
+  (timings only).
+
+  Returns:
+    ``{"ours_s": [...], "torchvision_s": [...], "ratios": [...],
+    "ratio": median ratio, "ours_step_s": median, "torchvision_step_s":
+    median}``.
+  """
+  kwargs = dict(model=model, h=h, w=w, batch=batch)
+  workers = {}
+  try:
+    workers["ours"] = _Worker("ours", **kwargs)
+    workers["tv"] = _Worker("torchvision", **kwargs)
+    times = {"ours": [], "tv": []}
+    for r in range(rounds):
+      order = ("ours", "tv") if r % 2 == 0 else ("tv", "ours")
+      for name in order:
+        times[name].append(workers[name].step())
+  finally:
+    for wk in workers.values():
+      wk.close()
+  ratios = [a / b for a, b in zip(times["ours"], times["tv"])]
+  return {"ours_s": times["ours"], "torchvision_s": times["tv"],
+          "ratios": ratios, "ratio": float(np.median(ratios)),
+          "ours_step_s": float(np.median(times["ours"])),
+          "torchvision_step_s": float(np.median(times["tv"]))}
 
 
 def _in_subprocess(kind, kwargs):
