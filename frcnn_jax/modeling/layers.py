@@ -194,6 +194,10 @@ class Conv(nnx.Conv):
   1x1 convolutions per block; the FPN's lateral and head convs are 1x1. A
   strided 1x1 kernel reads every ``stride``-th pixel, exactly the
   convolution's output. Kernels of other sizes are ``nnx.Conv``'s own call.
+
+  ``conv(x, affine=(factor, offset))`` also applies a per-channel affine
+  map (a BatchNorm with fixed statistics) by scaling the kernel: see
+  :func:`apply_conv_norm`.
   """
 
   def _pointwise(self) -> bool:
@@ -287,8 +291,10 @@ def apply_conv_norm(conv: nnx.Module, norm: nnx.Module, x: Array,
   Same values up to float rounding. Other norms (GroupNorm) get ``mask``,
   the extent's mask of the conv's output (or None without an extent).
   """
-  if hasattr(norm, "affine") and isinstance(conv, Conv):
-    return conv(x, affine=norm.affine())
+  if hasattr(norm, "affine"):
+    if isinstance(conv, Conv):
+      return conv(x, affine=norm.affine())
+    return norm(conv(x))   # Another conv layer: the norm after it.
   y = conv(x)
   return norm(y, mask=mask_of(y, extent))
 

@@ -241,3 +241,12 @@ def test_apply_conv_norm_keeps_groupnorm_after_the_conv():
   np.testing.assert_array_equal(
       layers.apply_conv_norm(conv, gn, x, extent),
       gn(y, mask=layers.extent_mask(extent, 7, 9)))
+
+
+def test_apply_conv_norm_with_another_conv_layer():
+  # A conv layer that cannot take affine= (flax's own) gets the norm after.
+  ref = nnx.Conv(6, 5, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+  for bn in (_frozen_bn(), fpn.BatchNorm(5)):
+    x = jax.random.normal(jax.random.key(11), (1, 6, 7, 6))
+    np.testing.assert_array_equal(layers.apply_conv_norm(ref, bn, x),
+                                  bn(ref(x)))
