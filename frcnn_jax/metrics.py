@@ -26,10 +26,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ops import boxes as box_ops
-from frcnn_jax.voc_metrics import _voc_class_curve
-from frcnn_jax.voc_metrics import _voc_inputs
 from frcnn_jax.voc_metrics import interpolated_precision
 from frcnn_jax.voc_metrics import voc_ap
+from frcnn_jax.voc_metrics import voc_class_curve
+from frcnn_jax.voc_metrics import voc_inputs
 
 COCO_METRIC_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -399,14 +399,14 @@ def voc_evaluate(
   Raises:
     ValueError: detections for an image not in `gt`, or mismatched lengths.
   """
-  gts, dets = _voc_inputs(gt, detections)
+  gts, dets = voc_inputs(gt, detections)
   per_ap: dict[str, float] = {}
   num_gt: dict[str, int] = {}
   curves = {}
   rec_thrs = np.linspace(0.0, 1.0, 101)
   for c in range(1, len(class_names)):
     name = str(class_names[c])
-    num_gt[name], rec, prec = _voc_class_curve(gts, dets, c, iou_threshold)
+    num_gt[name], rec, prec = voc_class_curve(gts, dets, c, iou_threshold)
     per_ap[name] = (voc_ap(rec, prec, use_07_metric) if num_gt[name]
                     else UNDEFINED)
     curves[name] = {str(iou_threshold): (

@@ -113,8 +113,15 @@ def interpolated_precision(rec: np.ndarray, prec: np.ndarray,
   return out
 
 
-def _voc_inputs(gt, detections):
-  """Aligned per-image ground truth and (finite) detections as arrays."""
+def voc_inputs(gt, detections):
+  """``(gts, dets)``: ``metrics.voc_evaluate``'s inputs aligned per image as
+  arrays (``boxes``, ``classes``, ``difficult`` / ``boxes``, ``scores``,
+  ``classes``), detections with non-finite boxes or scores dropped.
+
+  Raises:
+    ValueError: detections for an image not in ``gt``, mismatched lengths,
+      or a mapping paired with a sequence.
+  """
   gt_keys, gt_list = _as_image_list(gt)
   if isinstance(gt, Mapping) != isinstance(detections, Mapping):
     raise ValueError("gt and detections must both be mappings or sequences")
@@ -171,10 +178,11 @@ def _voc_match_image(dboxes, dscores, gboxes, gdiff, iou_threshold):
   return dscores, tp, fp
 
 
-def _voc_class_curve(gts, dets, c: int, iou_threshold: float
-                     ) -> tuple[int, np.ndarray, np.ndarray]:
+def voc_class_curve(gts, dets, c: int, iou_threshold: float
+                    ) -> tuple[int, np.ndarray, np.ndarray]:
   """(non-difficult gt count, recall, precision) of class ``c``: the curve
-  after each detection in descending score order over all images."""
+  after each detection in descending score order over all images
+  (``gts``, ``dets`` from :func:`voc_inputs`)."""
   scores_all, tp_all, fp_all = [], [], []
   npos = 0
   for g, d in zip(gts, dets):
