@@ -32,10 +32,10 @@ FLOORS = [
     ("frcnn_jax.weights", "pretrained weights"),
     ("frcnn_jax.eval_lib frcnn_jax.exported frcnn_jax.detections",
      "inference over datasets, metrics; exported models"),
-    ("frcnn_jax.train_lib", "training"),
+    ("frcnn_jax.demo_lib frcnn_jax.train_lib", "demo, training"),
     ("frcnn_jax.config_lib frcnn_jax.cli frcnn_jax.inference "
-     "frcnn_jax.exporting frcnn_jax.demo_lib",
-     "configs, command lines, the Python API, export, the demo"),
+     "frcnn_jax.exporting",
+     "configs, command lines, the Python API, export"),
     ("train eval demo configs frcnn_jax.weights.__main__ frcnn_jax.train "
      "frcnn_jax.eval frcnn_jax.demo frcnn_jax.export frcnn_jax.browse",
      "entry points"),
