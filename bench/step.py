@@ -178,6 +178,19 @@ def train_setup(c, num_classes: int, mesh, canvas: tuple[int, int],
   return graphdef, tx, sched, state, batch_d
 
 
+def _ours_setup(model: str, h: int, w: int, batch: int, dtype: str):
+  """``(mesh, train_setup's tuple, "HcxWc")``: our detector for ``model`` on
+  the canvas ``h`` x ``w`` rounds up to, over every device."""
+  from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
+  k = canvas_multiple(model)
+  hp, wp = -(-h // k) * k, -(-w // k) * k
+  c = seed_config(model, hp, wp, batch, dtype)
+  mesh = parallel.create_mesh()
+  setup = train_setup(c, 91 if model in FPN_MODELS else 21, mesh, (hp, wp),
+                      (h, w), batch)
+  return mesh, setup, f"{hp}x{wp}"
+
+
 def _ours_train_runner(graphdef, tx, sched, state, batch_d, mesh, out: dict):
   """Compiles our train step; ``(run_step, holder)``: ``run_step()`` runs
   one step (blocking), ``holder["state"]`` is the latest state. Writes the
@@ -209,14 +222,10 @@ def measure_ours(model: str, h: int, w: int, batch: int, repeats: int,
   import jax  # pylint: disable=import-outside-toplevel
   from frcnn_jax import eval_lib  # pylint: disable=import-outside-toplevel
   from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
-  k = canvas_multiple(model)
-  hp, wp = -(-h // k) * k, -(-w // k) * k
-  c = seed_config(model, hp, wp, batch, dtype)
+  mesh, (graphdef, tx, sched, state, batch_d), canvas = _ours_setup(
+      model, h, w, batch, dtype)
   out = {"framework": "ours (jax)", "model": model, "image": f"{h}x{w}",
-         "canvas": f"{hp}x{wp}", "batch": batch, "dtype": dtype}
-  mesh = parallel.create_mesh()
-  graphdef, tx, sched, state, batch_d = train_setup(
-      c, 91 if model in FPN_MODELS else 21, mesh, (hp, wp), (h, w), batch)
+         "canvas": canvas, "batch": batch, "dtype": dtype}
   if do_train:
     run_step, holder = _ours_train_runner(graphdef, tx, sched, state, batch_d,
                                           mesh, out)
@@ -388,14 +397,8 @@ def train_worker(framework: str, model: str, h: int, w: int,
   every ``step`` line on stdin runs one step and prints ``TIME <seconds>``;
   stops at end of input."""
   if framework == "ours":
-    from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
-    k = canvas_multiple(model)
-    hp, wp = -(-h // k) * k, -(-w // k) * k
-    c = seed_config(model, hp, wp, batch, "float32")
-    mesh = parallel.create_mesh()
-    graphdef, tx, sched, state, batch_d = train_setup(
-        c, 91 if model in FPN_MODELS else 21, mesh, (hp, wp), (h, w), batch)
-    run, _ = _ours_train_runner(graphdef, tx, sched, state, batch_d, mesh, {})
+    mesh, setup, _ = _ours_setup(model, h, w, batch, "float32")
+    run, _ = _ours_train_runner(*setup, mesh, {})
   else:
     _, _, run = _torchvision_setup(model, h, w, batch)
   run()
@@ -412,12 +415,10 @@ class _Worker:
   """A :func:`train_worker` child process."""
 
   def __init__(self, framework: str, **kwargs):
-    code = (f"import sys; sys.path.insert(0, {os.getcwd()!r}); "
-            f"from bench import step; "
-            f"step.train_worker({framework!r}, **{kwargs!r})")
     self._err = tempfile.TemporaryFile(mode="w+")
     self._proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE,
+        _child(f"step.train_worker({framework!r}, **{kwargs!r})"),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=self._err, text=True)
     self._expect("READY")
 
@@ -476,12 +477,18 @@ def interleaved_train(model: str, h: int, w: int, batch: int,
           "torchvision_step_s": float(np.median(times["tv"]))}
 
 
+def _child(call: str) -> list[str]:
+  """The command line of a Python child that imports this module (from
+  the current directory) as ``step`` and runs ``call``."""
+  return [sys.executable, "-c",
+          f"import json, sys; sys.path.insert(0, {os.getcwd()!r}); "
+          f"from bench import step; {call}"]
+
+
 def _in_subprocess(kind, kwargs):
-  code = (f"import json, sys; sys.path.insert(0, {os.getcwd()!r}); "
-          f"from bench import step; "
-          f"print('RESULT ' + json.dumps(step.{kind}(**{kwargs!r})))")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                        text=True)
+  proc = subprocess.run(
+      _child(f"print('RESULT ' + json.dumps(step.{kind}(**{kwargs!r})))"),
+      capture_output=True, text=True)
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
       return json.loads(line[7:])
