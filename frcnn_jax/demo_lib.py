@@ -30,10 +30,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn_jax import eval_lib
-from frcnn_jax import parallel
 from frcnn_jax import vis
 from frcnn_jax.data import images as images_lib
-from frcnn_jax.data import loader
 from frcnn_jax.data import records as records_lib
 
 log = logging.getLogger(__name__)
@@ -69,51 +67,32 @@ def source_kind(source: str) -> str:
   return "image"
 
 
-class _Model:
-  """The restored detector and its jitted predict function."""
-
-  def __init__(self, config, workdir: str, step):
-    self.config = config
-    self.mesh = parallel.create_mesh(config.mesh.num_devices)
-    graphdef, self.params, self.rest, self.step, names = (
-        eval_lib.load_for_inference(config, workdir, step=step,
-                                    mesh=self.mesh))
-    self.names = list(names) if names else None
-    self.predict_fn = eval_lib.make_predict_fn(graphdef, self.mesh)
-
-  def detect(self, items: Iterable[tuple[Any, np.ndarray]]
-             ) -> Iterator[tuple[Any, dict[str, np.ndarray]]]:
-    """``(key, {'boxes', 'scores', 'classes'})`` of valid detections per
-    image, batched by canvas (keys come back grouped by canvas)."""
-    for keys, batch in loader.image_batches(list(items), self.config.data,
-                                            self.config.test.batch_size):
-      out = eval_lib.predict_batch(self.predict_fn, self.params, self.rest,
-                                   batch, self.mesh)
-      for j, key in enumerate(keys):
-        v = np.asarray(out["valid"][j], bool)
-        yield key, {k: np.asarray(out[k][j])[v]
-                    for k in ("boxes", "scores", "classes")}
-
-  def name(self, c: int) -> str:
-    return vis.class_label(self.names, c) if self.names else str(c)
+def _detect(model: eval_lib.Predictor,
+            items: Iterable[tuple[Any, np.ndarray]]
+            ) -> Iterator[tuple[Any, dict[str, np.ndarray]]]:
+  """``(key, {'boxes', 'scores', 'classes'})`` of the valid detections of
+  each ``(key, RGB array)`` (keys come back grouped by canvas)."""
+  for key, out, j in model.predict_images(items):
+    v = np.asarray(out["valid"][j], bool)
+    yield key, {k: np.asarray(out[k][j])[v]
+                for k in ("boxes", "scores", "classes")}
 
 
-def _as_json(model: _Model, dets: dict[str, np.ndarray],
+def _as_json(model: eval_lib.Predictor, dets: dict[str, np.ndarray],
              score_thresh: float) -> list[dict]:
   keep = dets["scores"] >= score_thresh
   return [{"box": [round(float(x), 2) for x in b], "score": round(float(s), 5),
-           "class": model.name(int(c)), "class_id": int(c)}
+           "class": vis.class_label(model.class_names, int(c)),
+           "class_id": int(c)}
           for b, s, c in zip(dets["boxes"][keep], dets["scores"][keep],
                              dets["classes"][keep])]
 
 
-def _draw(model: _Model, image: np.ndarray, dets: dict[str, np.ndarray],
-          score_thresh: float) -> np.ndarray:
-  names = model.names or [str(k) for k in range(
-      int(dets["classes"].max(initial=0)) + 1)]
+def _draw(model: eval_lib.Predictor, image: np.ndarray,
+          dets: dict[str, np.ndarray], score_thresh: float) -> np.ndarray:
   small = max(image.shape[:2]) < SMALL_SIDE   # Enlarged, with margins.
   return vis.draw_detections(image, dets["boxes"], dets["classes"],
-                             dets["scores"], names,
+                             dets["scores"], list(model.class_names),
                              score_threshold=score_thresh,
                              min_side=SMALL_SIDE, margin=small)
 
@@ -152,11 +131,11 @@ def run(config, workdir: str, source: str, out_dir: str, *, step=None,
     if not files:
       raise FileNotFoundError(f"no images ({', '.join(extensions)}) in "
                               f"{source}")
-    model = _Model(config, workdir, step)
+    model = eval_lib.Predictor.restore(config, workdir, step=step)
     results = _run_images(model, folder, files, out_dir, score_thresh)
     what = f"{len(results)} images"
   else:
-    model = _Model(config, workdir, step)
+    model = eval_lib.Predictor.restore(config, workdir, step=step)
     results = _run_video(model, source, kind, out_dir, score_thresh,
                          max_frames)
     what = f"{len(results['frames'])} frames -> {results['output']}"
@@ -167,7 +146,7 @@ def run(config, workdir: str, source: str, out_dir: str, *, step=None,
   return results
 
 
-def _run_images(model: _Model, folder: str, files: list[str], out_dir: str,
+def _run_images(model: eval_lib.Predictor, folder: str, files: list[str], out_dir: str,
                 score_thresh: float) -> dict[str, list[dict]]:
   images = {}
   for f in files:
@@ -180,7 +159,7 @@ def _run_images(model: _Model, folder: str, files: list[str], out_dir: str,
   results = {}
   with tqdm(total=len(images), desc="demo", unit="image",
             disable=None) as bar:   # No bar off a terminal.
-    for f, dets in model.detect(images.items()):
+    for f, dets in _detect(model, images.items()):
       results[f] = _as_json(model, dets, score_thresh)
       save_image(os.path.join(out_dir, f),
                  _draw(model, images[f], dets, score_thresh))
@@ -213,7 +192,7 @@ def _frames(cv2, cap, max_frames: int) -> Iterator[np.ndarray]:
     yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
-def _run_video(model: _Model, source: str, kind: str, out_dir: str,
+def _run_video(model: eval_lib.Predictor, source: str, kind: str, out_dir: str,
                score_thresh: float, max_frames: int) -> dict[str, Any]:
   cv2, cap = _open_capture(source, kind)
   fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or 25.0
@@ -229,7 +208,7 @@ def _run_video(model: _Model, source: str, kind: str, out_dir: str,
   os.makedirs(out_dir, exist_ok=True)
   out_path = os.path.join(out_dir, f"{stem}_detections{ext}")
   writer, frames_out = None, []
-  chunk = max(int(model.config.test.batch_size), 1)
+  chunk = model.batch_size
   try:
     with tqdm(total=total or None, desc="demo", unit="frame",
               disable=None) as bar:
@@ -261,7 +240,7 @@ def _run_video(model: _Model, source: str, kind: str, out_dir: str,
 def _write_frames(model, cv2, buffer, writer, out_path, fourcc, fps,
                   frames_out, score_thresh):
   frames = dict(buffer)
-  dets = dict(model.detect(buffer))
+  dets = dict(_detect(model, buffer))
   for i, _ in buffer:   # Frame order (detect groups by canvas).
     drawn = _draw(model, frames[i], dets[i], score_thresh)
     if writer is None:

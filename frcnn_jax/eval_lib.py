@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -26,6 +26,7 @@ from frcnn_jax import metrics as metrics_lib
 from frcnn_jax import parallel
 from frcnn_jax import paths
 from frcnn_jax import vis
+from frcnn_jax.data import loader as loader_lib
 from frcnn_jax.modeling import detector as detector_lib
 from frcnn_jax.weights import compat
 
@@ -59,6 +60,73 @@ def predict_batch(predict_fn, params, rest, batch, mesh) -> dict:
       {k: batch[k] for k in ("image", "im_info", "image_id")}, mesh)
   return jax.device_get(predict_fn(params, rest, g["image"], g["im_info"],
                                    g["image_id"]))
+
+
+class Predictor:
+  """A detector split for jit with its jitted ``predict`` on a mesh: the core
+  that eval's, demo.py's and the Python API's (``inference.Detector``)
+  detectors share.
+
+  Attributes:
+    config: the config it runs with (``config.test``, ``config.data``'s
+      resizing).
+    graphdef, params, rest: the model as ``detector.split_model`` splits it,
+      arrays replicated on ``mesh``.
+    class_names: ``K`` names, background first.
+    mesh: the ``data`` mesh.
+    step: the checkpoint step it was restored from (None: fresh).
+    path: the folder it was restored from (None: fresh).
+    batch_size: images per batch: ``test.batch_size`` rounded up to a
+      multiple of the mesh's device count (a batch is split over them).
+  """
+
+  def __init__(self, config, graphdef, params, rest, class_names, *, mesh,
+               step: int | None = None, path: str | None = None):
+    self.config = config
+    self.graphdef, self.params, self.rest = graphdef, params, rest
+    self.class_names = tuple(class_names)
+    self.mesh = mesh
+    self.step = step
+    self.path = path
+    n = mesh.size
+    self.batch_size = -(-max(int(config.test.batch_size), 1) // n) * n
+    self._predict = make_predict_fn(graphdef, mesh)
+
+  @classmethod
+  def restore(cls, config, path: str, *, step: int | None = None, mesh=None,
+              **kwargs):
+    """The checkpoint of ``path`` (see :func:`load_for_inference`) in the
+    network of ``config``, on ``mesh`` (default: every device, or
+    ``config.mesh.num_devices``). ``kwargs`` go to the constructor (a
+    subclass's own)."""
+    path = os.path.abspath(os.fspath(path))
+    mesh = mesh or parallel.create_mesh(config.mesh.num_devices)
+    graphdef, params, rest, step, names = load_for_inference(
+        config, path, step=step, mesh=mesh)
+    return cls(config, graphdef, params, rest, names, mesh=mesh, step=step,
+               path=path, **kwargs)
+
+  def predict_batch(self, batch) -> dict:
+    """The raw model output of one prepared batch (``image``, ``im_info``,
+    ``image_id`` as ``data.loader.image_batches`` makes them).
+
+    Returns:
+      NumPy ``boxes [B, Dt, 4]`` (original pixels), ``scores``, ``classes``,
+      ``valid``, ``image_id`` for the ``B = batch_size`` slots.
+    """
+    return predict_batch(self._predict, self.params, self.rest, batch,
+                         self.mesh)
+
+  def predict_images(self, items) -> Iterator[tuple[Any, dict, int]]:
+    """``(key, output, slot)`` for each ``(key, uint8 [h, w, 3] RGB)`` of
+    ``items``: resized as evaluation resizes, batched by canvas bucket
+    (keys come back grouped by canvas), ``output`` the batch's
+    :meth:`predict_batch` and ``slot`` the image's row in it."""
+    for keys, batch in loader_lib.image_batches(list(items), self.config.data,
+                                              self.batch_size):
+      out = self.predict_batch(batch)
+      for j, key in enumerate(keys):
+        yield key, out, j
 
 
 def predict_dataset(predict_fn, params, rest, loader, mesh, *,

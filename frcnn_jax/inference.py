@@ -16,8 +16,8 @@ Calling it on one image returns one :class:`Detections`, on a list a list.
 Images are resized as evaluation resizes them (``data.scale`` /
 ``max_size``), grouped by canvas bucket and run ``test.batch_size`` at a
 time (``data.loader.image_batches``) through one ``jax.jit`` of the
-detector's ``predict`` (``eval_lib.make_predict_fn``) over a mesh of every
-device JAX has: one compilation per bucket, reused by every later call.
+detector's ``predict`` (``eval_lib.Predictor``, which demo.py runs too) over
+a mesh of every device JAX has: one compilation per bucket, reused by every later call.
 Boxes come back in the pixels of the image as given (inclusive ``(x1, y1,
 x2, y2)``, the package's convention), sorted by score.
 
@@ -34,7 +34,6 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 
 from frcnn_jax import config_lib
 from frcnn_jax import detections as detections_lib
@@ -43,7 +42,6 @@ from frcnn_jax import parallel
 from frcnn_jax import paths
 from frcnn_jax import weights
 from frcnn_jax.data import class_names as class_names_lib
-from frcnn_jax.data import loader as loader_lib
 from frcnn_jax.data import shapes as shapes_lib
 from frcnn_jax.detections import Detections
 from frcnn_jax.modeling import detector as detector_lib
@@ -77,10 +75,11 @@ def _resolve_config(config, overrides: Mapping[str, Any] | None
   return config
 
 
-class Detector:
+class Detector(eval_lib.Predictor):
   """A detector ready to run on images (see the module docstring).
 
-  Attributes:
+  Attributes (from ``eval_lib.Predictor``, whose ``predict_batch`` it
+  keeps):
     config: its config (test-time settings: ``config.test``; resizing:
       ``config.data.scale``, ``max_size``, ``buckets``).
     class_names: ``K`` names, background first.
@@ -89,22 +88,9 @@ class Detector:
     batch_size: images per batch (``test.batch_size`` rounded up to a
       multiple of the device count).
     mesh: the ``data`` mesh over every device.
-    graphdef, params, rest: the model split as ``nnx.split`` (what
+    graphdef, params, rest: the model as ``nnx.split`` splits it (what
       ``frcnn_jax.exporting`` serialises).
   """
-
-  def __init__(self, config: ml_collections.ConfigDict, graphdef, params,
-               rest, class_names: Sequence[str], *, mesh,
-               step: int | None = None, path: str | None = None):
-    self.config = config
-    self.graphdef, self.params, self.rest = graphdef, params, rest
-    self.class_names = tuple(class_names)
-    self.mesh = mesh
-    self.step = step
-    self.path = path
-    n = mesh.size
-    self.batch_size = -(-int(config.test.batch_size) // n) * n
-    self._predict = eval_lib.make_predict_fn(graphdef, mesh)
 
   # -- construction --------------------------------------------------------
 
@@ -136,12 +122,8 @@ class Detector:
             f"no config.json, not a converted detector): pass "
             f"config='<built-in name or file>'")
     config = _resolve_config(config, overrides)
-    mesh = parallel.create_mesh(config.mesh.num_devices)
     with _quiet("absl"):   # orbax's notes about read-only checkpoint folders
-      graphdef, params, rest, step, names = eval_lib.load_for_inference(
-          config, path, step=step, mesh=mesh)
-    return cls(config, graphdef, params, rest, names, mesh=mesh, step=step,
-               path=path)
+      return cls.restore(config, path, step=step)
 
   @classmethod
   def from_config(cls, config="shapes", *,
@@ -189,26 +171,13 @@ class Detector:
     decoded = [detections_lib.as_rgb_image(x, exif_transpose=exif)
                for x in items]
     results: list[Detections | None] = [None] * len(decoded)
-    for keys, batch in loader_lib.image_batches(
-        [(i, im) for i, (im, _) in enumerate(decoded)], self.config.data,
-        self.batch_size):
-      out = self.predict_batch(batch)
-      for j, i in enumerate(keys):
-        image, source = decoded[i]
-        results[i] = detections_lib.from_output(
-            out, j, self.class_names, image if keep_images else None,
-            source).above(score_threshold)
+    for i, out, j in self.predict_images(
+        (i, im) for i, (im, _) in enumerate(decoded)):
+      image, source = decoded[i]
+      results[i] = detections_lib.from_output(
+          out, j, self.class_names, image if keep_images else None,
+          source).above(score_threshold)
     return results[0] if single else results
-
-  def predict_batch(self, batch: Mapping[str, np.ndarray]) -> dict:
-    """The raw model output of one prepared batch (``image_batches``).
-
-    Returns:
-      NumPy ``boxes [B, Dt, 4]`` (original pixels), ``scores``, ``classes``,
-      ``valid``, ``image_id`` for the ``B = batch_size`` slots.
-    """
-    return eval_lib.predict_batch(self._predict, self.params, self.rest,
-                                  batch, self.mesh)
 
   def __repr__(self) -> str:
     where = self.path or "fresh"

@@ -213,6 +213,13 @@ def test_demo_images_keep_names_and_formats(reference, data_root, tmp_path):
                   f"--out={low}", "--score_thresh=0.0"])
   many = json.load(open(low / "detections.json"))["a.png"]
   assert len(many) > len(dets["a.png"])   # Lower threshold, more kept.
+  # What the Python API finds in the same file (both run eval_lib.Predictor,
+  # the API sorts by score).
+  from frcnn_jax.inference import Detector
+  api = Detector.load(reference)(str(src / "a.png"))
+  want = sorted((c, round(float(s), 5), [round(float(x), 2) for x in b])
+                for c, s, b in zip(api.labels, api.scores, api.boxes))
+  assert sorted((d["class"], d["score"], d["box"]) for d in many) == want
   # The output folder may not be the input folder (it would overwrite).
   proc = run("demo.py", ["--config=configs/tiny.py", f"--workdir={reference}",
                          f"--config.data.root={data_root}",
