@@ -42,7 +42,8 @@ def base_config(backbone: str = "resnet101") -> ml_collections.ConfigDict:
   c.model.bgr = True
   c.model.pixel_mean = preprocessing.CAFFE_BGR_MEANS
   c.model.pixel_std = preprocessing.CAFFE_BGR_STDS
-  # RPN NMS implementation, same results: 'jnp' (ops/nms.py, everywhere);
+  # RPN NMS implementation (C4 and FPN; the FPN's is per level), same
+  # results: 'jnp' (ops/nms.py, everywhere);
   # 'auto' = the Pallas kernel (ops/pallas_nms.py) on GPU/TPU, jnp on CPU;
   # 'pallas' (interpreted, slowly, on CPU). 'jnp' is the default until the
   # kernel has been run on real GPUs/TPUs (it is only interpret-tested).

@@ -33,6 +33,8 @@ coordinate-major (``[4, N]``) and reducing IoU blocks over the kept-box axis
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -330,6 +332,18 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
 
   Works under ``jax.jit`` and ``jax.vmap`` (e.g. over a batch of images).
   """
+  return batched(boxes, scores, iou_threshold, max_detections,
+                 score_threshold, pixel_offset, functools.partial(
+                     _nms_impl, tile=TILE))
+
+
+def batched(boxes, scores, iou_threshold, max_detections: int,
+            score_threshold, pixel_offset: float, impl):
+  """:func:`batched_nms` with the class-aware NMS ``impl`` given: ``impl(
+  boxes [M, 4], scores [M], present [M], labels [M] int32, iou_threshold,
+  max_output, offset=...) -> (indices, valid)`` with the contract of
+  :func:`nms` plus class gating (this module's ``_nms_impl``, or
+  ``ops.pallas_nms``'s kernel-backed one: same results)."""
   scores = jnp.asarray(scores, jnp.float32)
   boxes = jnp.asarray(boxes, jnp.float32)
   k, n = scores.shape
@@ -344,9 +358,9 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
   flat_scores = scores.reshape(k * n)
   present = flat_scores > jnp.asarray(score_threshold, jnp.float32)
   labels = jnp.repeat(jnp.arange(k, dtype=jnp.int32), n)
-  flat_idx, valid = _nms_impl(flat_boxes, flat_scores, present, labels,
-                              iou_threshold, max_detections, TILE,
-                              float(pixel_offset))
+  flat_idx, valid = impl(flat_boxes, flat_scores, present, labels,
+                         iou_threshold, max_detections,
+                         offset=float(pixel_offset))
   safe = jnp.maximum(flat_idx, 0)
   out_boxes = jnp.where(valid[:, None], flat_boxes[safe], 0.0)
   out_scores = jnp.where(valid, flat_scores[safe], 0.0)

@@ -108,15 +108,19 @@ NmsFn = Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
 # ----------------------------------------------------------------------------
 # The kernel: suppression bitmask of one tile pair.
 # ----------------------------------------------------------------------------
-def _mask_kernel(thr_ref, rows_ref, cols_ref, out_ref):
+def _mask_kernel(thr_ref, rows_ref, cols_ref, out_ref, *, offset: float,
+                 labelled: bool):
   """One (row tile, column tile) pair of the suppression bitmask.
 
   Refs (block shapes): ``thr_ref (1, 1)`` float32 threshold; ``rows_ref
-  (4, ROW_TILE)`` float32 coordinate-major suppressor boxes; ``cols_ref
-  (COL_TILE, 4)`` float32 box-major suppressed boxes; ``out_ref
+  (D, ROW_TILE)`` float32 coordinate-major suppressor boxes; ``cols_ref
+  (COL_TILE, D)`` float32 box-major suppressed boxes; ``out_ref
   (WORDS_PER_TILE, ROW_TILE)`` int32, ``out[k, r]`` bit ``b`` = row ``r``
   suppresses column ``32 k + b`` of the tile (and that column comes after
-  the row in the sorted order).
+  the row in the sorted order). ``D`` is 4 (``x1, y1, x2, y2``), or 5 when
+  ``labelled``: the fifth is a class label (a small integer as float32),
+  and only boxes of equal labels suppress each other. ``offset`` (static)
+  is the inclusive-pixel ``+ 1`` (0: torchvision's IoU).
   """
   i = pl.program_id(0)
   j = pl.program_id(1)
@@ -134,8 +138,8 @@ def _mask_kernel(thr_ref, rows_ref, cols_ref, out_ref):
     ry1 = rows_ref[1:2, :]
     rx2 = rows_ref[2:3, :]
     ry2 = rows_ref[3:4, :]
-    r_area = (jnp.maximum(rx2 - rx1 + 1.0, 0.0)
-              * jnp.maximum(ry2 - ry1 + 1.0, 0.0))
+    r_area = (jnp.maximum(rx2 - rx1 + offset, 0.0)
+              * jnp.maximum(ry2 - ry1 + offset, 0.0))
     row_pos = i * ROW_TILE + lax.broadcasted_iota(jnp.int32, (1, ROW_TILE), 1)
     bit = lax.broadcasted_iota(jnp.int32, (32, 1), 0)
     pow2 = jnp.left_shift(jnp.ones((32, 1), jnp.int32), bit)
@@ -145,18 +149,20 @@ def _mask_kernel(thr_ref, rows_ref, cols_ref, out_ref):
       cy1 = cols_ref[lo:hi, 1:2]
       cx2 = cols_ref[lo:hi, 2:3]
       cy2 = cols_ref[lo:hi, 3:4]
-      c_area = (jnp.maximum(cx2 - cx1 + 1.0, 0.0)
-                * jnp.maximum(cy2 - cy1 + 1.0, 0.0))
+      c_area = (jnp.maximum(cx2 - cx1 + offset, 0.0)
+                * jnp.maximum(cy2 - cy1 + offset, 0.0))
       iw = jnp.maximum(
-          jnp.minimum(rx2, cx2) - jnp.maximum(rx1, cx1) + 1.0, 0.0)
+          jnp.minimum(rx2, cx2) - jnp.maximum(rx1, cx1) + offset, 0.0)
       ih = jnp.maximum(
-          jnp.minimum(ry2, cy2) - jnp.maximum(ry1, cy1) + 1.0, 0.0)
+          jnp.minimum(ry2, cy2) - jnp.maximum(ry1, cy1) + offset, 0.0)
       inter = iw * ih  # [32, ROW_TILE]
       union = r_area + c_area - inter
       ok = union > 0.0
       sup = ok & (inter / jnp.where(ok, union, 1.0) > thr)
       col_pos = j * COL_TILE + lo + bit  # [32, 1]
       sup = sup & (col_pos > row_pos)
+      if labelled:
+        sup = sup & (cols_ref[lo:hi, 4:5] == rows_ref[4:5, :])
       # Distinct powers of two: the (wrapping) int32 sum is the bitwise OR.
       out_ref[k:k + 1, :] = jnp.sum(jnp.where(sup, pow2, 0), axis=0,
                                     keepdims=True)
@@ -173,18 +179,19 @@ def _compiler_params(platform: str):
   return None
 
 
-def _mask_call(rows, cols, thr, *, interpret: bool, platform: str | None):
+def _mask_call(rows, cols, thr, *, interpret: bool, platform: str | None,
+               offset: float = 1.0):
   """One ``pallas_call`` of :func:`_mask_kernel` (shapes checked by caller)."""
-  r = rows.shape[1]
+  d, r = rows.shape
   c = cols.shape[0]
   return pl.pallas_call(
-      _mask_kernel,
+      functools.partial(_mask_kernel, offset=offset, labelled=d == 5),
       out_shape=jax.ShapeDtypeStruct((c // 32, r), jnp.int32),
       grid=(r // ROW_TILE, c // COL_TILE),
       in_specs=[
           pl.BlockSpec((1, 1), lambda i, j: (0, 0)),
-          pl.BlockSpec((4, ROW_TILE), lambda i, j: (0, i)),
-          pl.BlockSpec((COL_TILE, 4), lambda i, j: (j, 0)),
+          pl.BlockSpec((d, ROW_TILE), lambda i, j: (0, i)),
+          pl.BlockSpec((COL_TILE, d), lambda i, j: (j, 0)),
       ],
       out_specs=pl.BlockSpec((WORDS_PER_TILE, ROW_TILE), lambda i, j: (j, i)),
       interpret=interpret,
@@ -195,7 +202,8 @@ def _mask_call(rows, cols, thr, *, interpret: bool, platform: str | None):
 
 def suppression_mask(rows: jnp.ndarray, cols: jnp.ndarray, threshold, *,
                      interpret: bool | None = False,
-                     platform: str | None = None) -> jnp.ndarray:
+                     platform: str | None = None,
+                     pixel_offset: float = 1.0) -> jnp.ndarray:
   """Packed suppression bitmask of sorted rows against sorted columns.
 
   Rows and columns are two windows of one sorted list that start at the same
@@ -205,7 +213,10 @@ def suppression_mask(rows: jnp.ndarray, cols: jnp.ndarray, threshold, *,
   Args:
     rows: ``[4, R]`` float32 coordinate-major boxes ``(x1, y1, x2, y2)``
       (inclusive pixels), ``R`` a multiple of ``ROW_TILE``. Must be finite.
-    cols: ``[C, 4]`` float32 boxes, ``C`` a multiple of ``COL_TILE``.
+      ``[5, R]``: the fifth row is a class label (small integers as
+      float32) and only boxes of the same label suppress each other.
+    cols: ``[C, 4]`` (or ``[C, 5]``, with labels) float32 boxes, ``C`` a
+      multiple of ``COL_TILE``.
     threshold: scalar float32, suppression when ``IoU > threshold``.
     interpret: True: Pallas interpret mode on every platform. False: the
       compiled kernel (lowering for the CPU then fails: Pallas has no CPU
@@ -219,30 +230,35 @@ def suppression_mask(rows: jnp.ndarray, cols: jnp.ndarray, threshold, *,
       branch of its platform, so ``jax.jit(f).lower(lowering_platforms=
       ('cuda',))`` on a CPU host gets the Triton kernel, and the same traced
       ``f`` run on the CPU gets interpret mode.
+    pixel_offset: static; 1.0 the inclusive-pixel IoU, 0.0 torchvision's.
 
   Returns:
     ``[C // 32, R]`` int32: bit ``b`` of ``mask[w, r]`` is set when row ``r``
     suppresses column ``32 w + b`` and ``32 w + b > r``.
   """
-  r = rows.shape[1]
+  d, r = rows.shape
   c = cols.shape[0]
   if r % ROW_TILE or c % COL_TILE:
     raise ValueError(f"rows {r} / cols {c} not multiples of "
                      f"{ROW_TILE} / {COL_TILE}")
+  if d not in (4, 5) or cols.shape[1] != d:
+    raise ValueError(f"rows {rows.shape} / cols {cols.shape}: want [4, R] "
+                     f"and [C, 4] boxes, or [5, R] and [C, 5] with labels")
   thr = jnp.asarray(threshold, jnp.float32).reshape(1, 1)
   rows = rows.astype(jnp.float32)
   cols = cols.astype(jnp.float32)
+  call = functools.partial(_mask_call, offset=float(pixel_offset))
   if interpret:
-    return _mask_call(rows, cols, thr, interpret=True, platform=None)
+    return call(rows, cols, thr, interpret=True, platform=None)
   if platform is not None:
     platform = platform.lower()
     on_device = platform in _DEVICE_PLATFORMS
-    return _mask_call(rows, cols, thr,
-                      interpret=interpret is None and not on_device,
-                      platform=platform)
-  triton = functools.partial(_mask_call, interpret=False, platform="cuda")
-  mosaic = functools.partial(_mask_call, interpret=False, platform="tpu")
-  other = functools.partial(_mask_call, interpret=interpret is None,
+    return call(rows, cols, thr,
+                interpret=interpret is None and not on_device,
+                platform=platform)
+  triton = functools.partial(call, interpret=False, platform="cuda")
+  mosaic = functools.partial(call, interpret=False, platform="tpu")
+  other = functools.partial(call, interpret=interpret is None,
                             platform=None)
   return lax.platform_dependent(rows, cols, thr, cuda=triton, rocm=triton,
                                 tpu=mosaic, default=other)
@@ -324,8 +340,8 @@ def _greedy_block(mask, r0: int, alive, state, cap: int):
 # ----------------------------------------------------------------------------
 def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
         max_output: int, *, backend: str | None = None,
-        interpret: bool | None = None, block_rows: int = BLOCK_ROWS
-        ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        interpret: bool | None = None, block_rows: int = BLOCK_ROWS,
+        pixel_offset: float = 1.0) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Greedy NMS (the seed's ``nms_cpu``) with a Pallas bitmask kernel.
 
   Same contract and same outputs as :func:`ops.nms.nms`: the kept input
@@ -358,6 +374,8 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
       makes lowering for the CPU fail).
     block_rows: static rows per mask block, a positive multiple of 256 (a
       memory/early-stop knob; results do not depend on it).
+    pixel_offset: static; 1.0 the inclusive-pixel IoU, 0.0 torchvision's
+      (as :func:`ops.nms.nms`).
 
   Returns:
     ``(indices [max_output] int32, valid [max_output] bool)``; padded slots
@@ -365,22 +383,34 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
 
   Works under ``jax.jit`` and ``jax.vmap``.
   """
+  scores = jnp.asarray(scores)
+  return _nms_impl(jnp.asarray(boxes), scores, jnp.ones(scores.shape, bool),
+                   None, iou_threshold, max_output,
+                   offset=float(pixel_offset), backend=backend,
+                   interpret=interpret, block_rows=block_rows)
+
+
+def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output: int,
+              *, offset: float = 1.0, backend: str | None = None,
+              interpret: bool | None = None, block_rows: int = BLOCK_ROWS):
+  """Shared body of :func:`nms` and :func:`batched_nms` (``labels [N]``
+  int32 or None: boxes of different labels never suppress each other)."""
   if block_rows <= 0 or block_rows % ALIGN:
     raise ValueError(f"block_rows must be a positive multiple of {ALIGN}, "
                      f"got {block_rows}")
   platform = backend.lower() if backend else None
-  scores = jnp.asarray(scores)
-  boxes = jnp.asarray(boxes)
   n = scores.shape[0]
   if max_output == 0 or n == 0:
     return (jnp.full((max_output,), -1, jnp.int32),
             jnp.zeros((max_output,), bool))
   b, alive, order = nms_lib._prepare(  # pylint: disable=protected-access
-      boxes, scores, jnp.ones((n,), bool))
+      boxes, scores, present)
+  if labels is not None:   # A fifth coordinate: small integers, exact.
+    b = jnp.concatenate([b, labels[order].astype(jnp.float32)[None]], 0)
   p = -(-n // ALIGN) * ALIGN
-  b = jnp.pad(b, ((0, 0), (0, p - n)))  # [4, P], padding = zero boxes.
+  b = jnp.pad(b, ((0, 0), (0, p - n)))  # [D, P], padding = zero boxes.
   alive = jnp.pad(alive, (0, p - n))  # Padding is absent.
-  b_cols = b.T  # [P, 4]
+  b_cols = b.T  # [P, D]
   threshold = jnp.asarray(iou_threshold, jnp.float32)
   cap = min(max_output, n)
 
@@ -391,7 +421,8 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
 
     def run(s, r0=r0, rb=rb):
       mask = suppression_mask(b[:, r0:r0 + rb], b_cols[r0:], threshold,
-                              interpret=interpret, platform=platform)
+                              interpret=interpret, platform=platform,
+                              pixel_offset=offset)
       return _greedy_block(mask, r0, alive, s, cap)
 
     if r0 == 0:
@@ -404,6 +435,46 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
   pad = max_output - cap
   return (jnp.pad(indices, (0, pad), constant_values=-1),
           jnp.pad(valid, (0, pad), constant_values=False))
+
+
+def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
+                max_detections: int, score_threshold=0.0, *,
+                pixel_offset: float = 1.0, backend: str | None = None,
+                interpret: bool | None = None, block_rows: int = BLOCK_ROWS):
+  """Per-class greedy NMS, then the best ``max_detections`` over all classes,
+  with the Pallas bitmask kernel.
+
+  Same contract and same outputs as :func:`ops.nms.batched_nms` (``boxes
+  [K, N, 4]`` or ``[N, 4]``, ``scores [K, N]`` -> ``(boxes [D, 4], scores
+  [D], classes [D], indices [D], valid [D])``; ``pixel_offset=0.0`` is
+  torchvision's ``batched_nms``, which the FPN RPN runs with the level as
+  the class). The ``K * N`` entries are one sorted list whose class label
+  rides along as a fifth coordinate: the kernel sets a suppression bit only
+  between boxes of the same class, so no coordinate offsets (torchvision's
+  trick) and no precision loss. ``backend``, ``interpret``, ``block_rows``
+  as in :func:`nms`.
+  """
+  impl = functools.partial(_nms_impl, backend=backend, interpret=interpret,
+                           block_rows=block_rows)
+  return nms_lib.batched(boxes, scores, iou_threshold, max_detections,
+                         score_threshold, pixel_offset, impl)
+
+
+def auto_batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
+                     max_detections: int, score_threshold=0.0, *,
+                     pixel_offset: float = 1.0):
+  """:func:`batched_nms` on GPU/TPU, :func:`ops.nms.batched_nms` elsewhere,
+  chosen at lowering (as :func:`auto_nms`)."""
+  def device(b, s):
+    return batched_nms(b, s, iou_threshold, max_detections, score_threshold,
+                       pixel_offset=pixel_offset)
+
+  def host(b, s):
+    return nms_lib.batched_nms(b, s, iou_threshold, max_detections,
+                               score_threshold, pixel_offset=pixel_offset)
+
+  return lax.platform_dependent(boxes, scores, cuda=device, rocm=device,
+                                tpu=device, default=host)
 
 
 def auto_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
@@ -424,7 +495,8 @@ def auto_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
                                 tpu=device, default=host)
 
 
-def select_nms(choice: str = "auto", platform: str | None = None) -> NmsFn:
+def select_nms(choice: str = "auto", platform: str | None = None, *,
+               batched: bool = False) -> NmsFn:
   """The NMS implementation for a config value and platform.
 
   Args:
@@ -439,26 +511,32 @@ def select_nms(choice: str = "auto", platform: str | None = None) -> NmsFn:
       from the host's default backend: a train step traced on a CPU host and
       lowered with ``lowering_platforms=('cuda',)`` gets the Triton kernel.
 
+    batched: the per-class variant instead (:func:`batched_nms`,
+      :func:`auto_batched_nms`, :func:`ops.nms.batched_nms`).
+
   Returns:
     A function ``(boxes [N, 4], scores [N], iou_threshold, max_output) ->
     (indices [max_output] int32, valid [max_output] bool)`` with the
-    contract of :func:`ops.nms.nms`.
+    contract of :func:`ops.nms.nms` (``batched``: the signature and
+    contract of :func:`ops.nms.batched_nms`).
   """
   choice = choice.lower()
   if choice in _DEVICE_PLATFORMS + ("cpu",):
     choice, platform = "auto", choice
   platform = platform.lower() if platform else None
+  host, kernel, auto = ((nms_lib.batched_nms, batched_nms, auto_batched_nms)
+                        if batched else (nms_lib.nms, nms, auto_nms))
   if choice == "jnp":
-    return nms_lib.nms
+    return host
   if choice == "pallas":
-    return nms if platform is None else functools.partial(
-        nms, backend=platform)
+    return kernel if platform is None else functools.partial(
+        kernel, backend=platform)
   if choice == "auto":
     if platform is None:
-      return auto_nms
+      return auto
     if platform in _DEVICE_PLATFORMS:
-      return functools.partial(nms, backend=platform)
-    return nms_lib.nms
+      return functools.partial(kernel, backend=platform)
+    return host
   raise ValueError(f"unknown NMS choice {choice!r}: use 'auto', 'jnp', "
                    "'pallas' or a platform name")
 

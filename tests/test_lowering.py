@@ -217,18 +217,24 @@ def test_checks_catch_broken_programs():
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_fpn_detector_lowers_for_device(platform):
   # The FPN models' train step and predict (configs/tiny_fpn.py's network,
-  # the code path of coco_r50_fpn.py) in bfloat16: a device program with no
-  # custom calls (no host callback anywhere: its NMS is the jnp one), every
-  # convolution and matrix product in bf16.
+  # the code path of coco_r50_fpn.py) in bfloat16 with model.nms_impl='auto':
+  # a device program whose only custom calls are the per-level RPN NMS
+  # kernel's (no host callback anywhere), every convolution and matrix
+  # product in bf16; lowered for the CPU, the jnp NMS and no custom call.
   c = tiny_fpn.get_config()
   c.model.dtype = "bfloat16"
+  c.model.nms_impl = "auto"
   canvas = (256, 384)
   c.data.buckets = (canvas,)
   c.train.batch_size = BATCH
   programs = abstract_programs(c, num_classes=4, canvas=canvas)
   for name, tr in programs.items():
-    text = tr.lower(lowering_platforms=(platform,)).as_text()
-    assert "custom_call" not in text, name
+    text = tr.lower(lowering_platforms=(platform,)).as_text(debug_info=True)
+    assert device_program_problems(
+        text, platform, pallas_kernel_names(tr.jaxpr)) == [], name
+    if platform == "cuda":
+      cpu = tr.lower(lowering_platforms=("cpu",)).as_text()
+      assert "custom_call" not in cpu, name
     convs = re.findall(r"stablehlo\.convolution\(.*\n?.*-> tensor<[^>]*>", text)
     dots = re.findall(r"stablehlo\.dot_general.*-> tensor<[^>]*>", text)
     assert convs and dots, name

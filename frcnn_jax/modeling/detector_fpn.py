@@ -50,6 +50,7 @@ from frcnn_jax.modeling import rpn_fpn
 from frcnn_jax.modeling import targets_fpn
 from ops import boxes as box_ops
 from ops import multiscale_roi_align as msra
+from ops import pallas_nms
 
 VARIANTS = ("v1", "v2")
 ROI_SCALES = (0.25, 0.125, 0.0625, 0.03125)   # P2..P5
@@ -105,6 +106,7 @@ class FPNSettings:
   pixel_std: tuple = preprocessing.TORCHVISION_RGB_STDS
   bgr: bool = False
   dtype: Any = jnp.float32
+  nms_impl: str = "jnp"   # The RPN's: 'jnp', 'auto', 'pallas' (same results).
   rpn: FPNRPNSettings = FPNRPNSettings()
   roi: FPNRoISettings = FPNRoISettings()
 
@@ -181,7 +183,8 @@ class FasterRCNNFPN(nnx.Module):
         pre_nms_top_n=r.pre_nms_top_n if train else r.test_pre_nms_top_n,
         post_nms_top_n=r.post_nms_top_n if train else r.test_post_nms_top_n,
         nms_thresh=r.nms_thresh if train else r.test_nms_thresh,
-        min_size=r.min_size, score_thresh=r.score_thresh)
+        min_size=r.min_size, score_thresh=r.score_thresh,
+        batched_nms_fn=pallas_nms.select_nms(s.nms_impl, batched=True))
     proposals = jax.vmap(gen)(jax.lax.stop_gradient(logits),
                               jax.lax.stop_gradient(deltas), anchors, valid,
                               im_info)
@@ -346,7 +349,8 @@ def settings_from_config(config: ml_collections.ConfigDict,
       head_convs=tuple(f.head_convs),
       rpn_conv_depth=2 if v2 else 1, mask_canvas=f.mask_canvas,
       pixel_mean=tuple(m.pixel_mean), pixel_std=tuple(m.pixel_std),
-      bgr=m.bgr, dtype=_DTYPES[m.dtype], rpn=rpn, roi=roi)
+      bgr=m.bgr, dtype=_DTYPES[m.dtype], nms_impl=m.nms_impl, rpn=rpn,
+      roi=roi)
 
 
 def build_fpn_detector(config: ml_collections.ConfigDict, num_classes: int,

@@ -137,7 +137,8 @@ def fpn_proposals(logits, deltas, anchors, valid, im_info, *,
                   level_sizes: Sequence[int], pre_nms_top_n: int,
                   post_nms_top_n: int, nms_thresh: float = 0.7,
                   min_size: float = 1e-3, score_thresh: float = 0.0,
-                  weights=box_ops.RPN_WEIGHTS_TV):
+                  weights=box_ops.RPN_WEIGHTS_TV,
+                  batched_nms_fn=nms_ops.batched_nms):
   """Proposals of one image, torchvision's ``filter_proposals``.
 
   Args:
@@ -149,6 +150,9 @@ def fpn_proposals(logits, deltas, anchors, valid, im_info, *,
     level_sizes: static ``N_l`` per level (sum ``N``).
     pre_nms_top_n: static, per level.
     post_nms_top_n: static output size ``P``.
+    batched_nms_fn: the per-level NMS (``ops.nms.batched_nms`` or, on
+      GPU/TPU, the Pallas kernel's from ``ops.pallas_nms.select_nms(...,
+      batched=True)``); same results.
 
   Returns:
     ``(boxes [P, 4], scores [P] (sigmoid), valid [P] bool, level [P]
@@ -178,6 +182,6 @@ def fpn_proposals(logits, deltas, anchors, valid, im_info, *,
           (s >= score_thresh))
   scores = jnp.where(keep, s, -jnp.inf)
   boxes = jnp.where(keep[..., None], b, 0.0)
-  boxes, scores, level, _, ok = nms_ops.batched_nms(
+  boxes, scores, level, _, ok = batched_nms_fn(
       boxes, scores, nms_thresh, post_nms_top_n, -1.0, pixel_offset=0.0)
   return boxes, scores, ok, level

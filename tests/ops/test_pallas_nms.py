@@ -72,22 +72,28 @@ def check(boxes, scores, thresh, max_output, want=None, block_rows=256):
 # ----------------------------------------------------------------------------
 # The kernel alone: the packed bit layout.
 # ----------------------------------------------------------------------------
-def numpy_mask(rows, cols, thresh):
-  """Packed mask from numpy: word w, row r, bit b <-> column 32 w + b."""
+def numpy_mask(rows, cols, thresh, offset=1.0, row_labels=None,
+               col_labels=None):
+  """Packed mask from numpy: word w, row r, bit b <-> column 32 w + b
+  (with labels: only boxes of equal labels suppress each other)."""
+  one = np.float32(offset)
+
   def area(b):
-    return (np.maximum(b[:, 2] - b[:, 0] + 1, 0)
-            * np.maximum(b[:, 3] - b[:, 1] + 1, 0))
+    return (np.maximum(b[:, 2] - b[:, 0] + one, 0)
+            * np.maximum(b[:, 3] - b[:, 1] + one, 0))
   r, c = rows[:, None, :], cols[None, :, :]
   iw = np.maximum(np.minimum(r[..., 2], c[..., 2])
-                  - np.maximum(r[..., 0], c[..., 0]) + 1, 0)
+                  - np.maximum(r[..., 0], c[..., 0]) + one, 0)
   ih = np.maximum(np.minimum(r[..., 3], c[..., 3])
-                  - np.maximum(r[..., 1], c[..., 1]) + 1, 0)
+                  - np.maximum(r[..., 1], c[..., 1]) + one, 0)
   inter = iw * ih
   union = area(rows)[:, None] + area(cols)[None, :] - inter
   with np.errstate(divide="ignore", invalid="ignore"):
     sup = (union > 0) & (inter / np.where(union > 0, union, 1)
                          > np.float32(thresh))
   sup &= np.arange(len(cols))[None, :] > np.arange(len(rows))[:, None]
+  if row_labels is not None:
+    sup &= row_labels[:, None] == col_labels[None, :]
   bits = sup.reshape(len(rows), -1, 32).astype(np.uint64)
   words = (bits << np.arange(32, dtype=np.uint64)).sum(-1).astype(np.uint32)
   return words.T.view(np.int32)  # [C / 32, R]
@@ -113,9 +119,33 @@ def test_mask_kernel_bits(rng):
   assert (got[:8, 256:] == 0).all()
 
 
+def test_mask_kernel_labels_and_offset(rng):
+  # torchvision's IoU (no +1) and a fifth coordinate, the class label.
+  boxes = random_boxes(rng, 256, size=60)
+  boxes[10:50] = [5, 5, 25, 25]     # Identical boxes, mixed labels.
+  labels = rng.integers(0, 3, 256)
+  rows = np.concatenate([boxes[:128], labels[:128, None]], 1)
+  cols = np.concatenate([boxes, labels[:, None]], 1).astype(np.float32)
+  for thresh in (0.0, 0.5):
+    got = np.asarray(pallas_nms.suppression_mask(
+        jnp.asarray(rows.T), jnp.asarray(cols), thresh, interpret=True,
+        pixel_offset=0.0))
+    want = numpy_mask(boxes[:128], boxes, thresh, 0.0, labels[:128], labels)
+    np.testing.assert_array_equal(got, want)
+    # The labels and the offset both change the mask (the check can fail).
+    assert not np.array_equal(got, numpy_mask(boxes[:128], boxes, thresh,
+                                              0.0))
+  assert not np.array_equal(
+      numpy_mask(boxes[:128], boxes, 0.5, 0.0, labels[:128], labels),
+      numpy_mask(boxes[:128], boxes, 0.5, 1.0, labels[:128], labels))
+
+
 def test_mask_rejects_bad_tiles():
   with pytest.raises(ValueError):
     pallas_nms.suppression_mask(jnp.zeros((4, 100)), jnp.zeros((256, 4)), 0.5,
+                                interpret=True)
+  with pytest.raises(ValueError):   # Labels on one side only.
+    pallas_nms.suppression_mask(jnp.zeros((5, 128)), jnp.zeros((256, 4)), 0.5,
                                 interpret=True)
 
 
@@ -331,6 +361,15 @@ def test_select_nms():
     fn = pallas_nms.select_nms(choice, platform)
     assert fn.func is pallas_nms.nms, (choice, platform)
     assert fn.keywords["backend"] == (platform or choice)
+  # The per-class variants.
+  assert pallas_nms.select_nms("jnp", batched=True) is nms_lib.batched_nms
+  assert pallas_nms.select_nms("auto", "cpu",
+                               batched=True) is nms_lib.batched_nms
+  assert pallas_nms.select_nms(batched=True) is pallas_nms.auto_batched_nms
+  assert pallas_nms.select_nms("pallas",
+                               batched=True) is pallas_nms.batched_nms
+  fn = pallas_nms.select_nms("auto", "tpu", batched=True)
+  assert fn.func is pallas_nms.batched_nms and fn.keywords["backend"] == "tpu"
   with pytest.raises(ValueError):
     pallas_nms.select_nms("triton")
   with pytest.raises(ValueError):
@@ -341,6 +380,53 @@ def test_select_nms():
   fn = pallas_nms.select_nms("pallas", "cpu")
   np.testing.assert_array_equal(
       kept(fn(boxes, np.float32([0.9, 0.8, 0.7]), 0.3, 3)), [0, 2])
+
+
+# ----------------------------------------------------------------------------
+# batched_nms (per class / per FPN level)
+# ----------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("max_det", "offset"))
+def jit_batched(boxes, scores, thresh, max_det, offset):
+  return pallas_nms.batched_nms(boxes, scores, thresh, max_det, -1.0,
+                                pixel_offset=offset, interpret=True,
+                                block_rows=512)
+
+
+def test_batched_matches_torchvision_and_ops_nms(rng):
+  """torchvision's batched_nms (an independent reference) and
+  ops.nms.batched_nms; 4 x 150 entries sort into 768 rows: two mask
+  blocks, so suppression across blocks is exercised."""
+  torch = pytest.importorskip("torch")
+  tv_ops = pytest.importorskip("torchvision.ops")
+  n, k = 150, 4
+  xy = rng.uniform(0, 40, (n, 2))
+  wh = rng.uniform(2, 12, (n, 2))
+  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+  scores = rng.permutation(n).astype(np.float32) / n
+  cls = rng.integers(0, k, n)
+  per_cls = np.full((k, n), -np.inf, np.float32)
+  per_cls[cls, np.arange(n)] = scores
+  for thr in (0.3, 0.7):
+    want = tv_ops.batched_nms(torch.from_numpy(boxes),
+                              torch.from_numpy(scores),
+                              torch.from_numpy(cls), thr).numpy()
+    for offset in (0.0, 1.0):
+      got = jit_batched(boxes, per_cls, np.float32(thr), max_det=n,
+                        offset=offset)
+      ref = nms_lib.batched_nms(boxes, per_cls, thr, n, -1.0,
+                                pixel_offset=offset)
+      for g, r in zip(got, ref):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
+      if offset == 0.0:
+        v = np.asarray(got[4])
+        np.testing.assert_array_equal(np.asarray(got[3])[v], want)
+        np.testing.assert_array_equal(np.asarray(got[2])[v], cls[want])
+  # Per-class boxes [K, N, 4]: the same box in every class is kept in each.
+  same = np.repeat(np.float32([[0, 0, 10, 10], [1, 1, 11, 11]])[None], 3, 0)
+  got = pallas_nms.batched_nms(same, np.float32([[0.9, 0.8]] * 3), 0.5, 6,
+                               interpret=True)
+  assert np.asarray(got[4]).sum() == 3
+  np.testing.assert_array_equal(np.asarray(got[2])[:3], [0, 1, 2])
 
 
 def _custom_calls(fn, platform):
