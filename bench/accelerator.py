@@ -1,4 +1,4 @@
-"""Train step and inference of the C4 detectors on a GPU / TPU, one table.
+"""Train step and inference of the detectors on a GPU / TPU, one table.
 
   python -m bench.accelerator                 # the default grid, < 8 minutes
   python -m bench.accelerator --models r50 --batches 8,16 --dtypes bfloat16 \
@@ -7,8 +7,12 @@
 
 For each configuration (model R50-C4 / R101-C4 with the COCO settings: 81
 classes, 12 anchors, 12000 -> 2000 proposals in training, 6000 -> 300 in
-test; per-device batch; compute dtype; RPN NMS = the Pallas kernel or the
-jnp one) on a 608x1008 canvas (600x1000 images): the compile time of the
+test; or R50-FPN, ``configs/coco_r50_fpn.py``: torchvision's
+``fasterrcnn_resnet50_fpn`` with 91 class slots, 2000 proposals per level
+-> 2000 in training, 1000 -> 1000 in test, the per-level NMS; per-device
+batch; compute dtype; RPN NMS = the Pallas kernel or the jnp one) on a
+608x1008 canvas (600x1000 images; the FPN models round the canvas up to
+multiples of 32: 608x1024, the ``canvas`` column): the compile time of the
 jitted train step (``train_lib.jit_train_step``) and of predict
 (``eval_lib.make_predict_fn``), XLA's device-memory plan
 (``compiled.memory_analysis()``: arguments + outputs + temporaries - aliased),
@@ -64,7 +68,9 @@ from bench import timing
 # long before, e.g. by the tests).
 START = time.perf_counter()
 
-MODELS = {"tiny": "tiny_resnet", "r50": "resnet50", "r101": "resnet101"}
+MODELS = {"tiny": "tiny_resnet", "r50": "resnet50", "r101": "resnet101",
+          "tiny_fpn": "tiny_resnet", "r50_fpn": "resnet50"}
+FPN_MODELS = ("tiny_fpn", "r50_fpn")
 
 # Dense peak TFLOP/s per device: (match, bf16, tf32, fp32). First match of
 # all the substrings in `device_kind` wins. Vendor data sheets (without
@@ -88,8 +94,10 @@ PEAKS = (
 DEFAULT_GRID = (
     ("r50", 8, "bfloat16", "pallas"),
     ("r50", 8, "bfloat16", "jnp"),
+    ("r50_fpn", 8, "bfloat16", "pallas"),
     ("r50", 8, "float32", "pallas"),
     ("r101", 8, "bfloat16", "pallas"),
+    ("r50_fpn", 8, "bfloat16", "jnp"),
     ("r50", 16, "bfloat16", "pallas"),
     ("r50", 1, "bfloat16", "pallas"),
     ("r101", 16, "bfloat16", "pallas"),
@@ -100,6 +108,7 @@ DEFAULT_GRID = (
 SMOKE_GRID = (
     ("tiny", 1, "float32", "jnp"),
     ("tiny", 2, "bfloat16", "pallas"),
+    ("tiny_fpn", 1, "float32", "pallas"),
 )
 
 
@@ -176,13 +185,30 @@ class Setting:
     return f"{self.model} B{self.batch} {self.dtype} {self.nms}"
 
 
+def canvas(model: str, height: int, width: int) -> tuple[int, int]:
+  """The canvas a model runs on: the FPN models' sides are multiples of 32
+  (torchvision's padding), the C4 ones' of 16."""
+  k = 32 if model in FPN_MODELS else 16
+  return -(-height // k) * k, -(-width // k) * k
+
+
+def num_classes(model: str) -> int:
+  """Class slots, background included: COCO's 81 (C4), torchvision's 91
+  (FPN), the synthetic dataset's 4 (tiny)."""
+  return 4 if model.startswith("tiny") else (
+      91 if model in FPN_MODELS else 81)
+
+
 def _config(s: Setting, height: int, width: int, global_batch: int):
   # pylint: disable=import-outside-toplevel
   from configs import coco_common
+  from configs import coco_r50_fpn
   from configs import shapes
+  from configs import tiny_fpn
   # pylint: enable=import-outside-toplevel
-  c = (shapes.get_config() if s.model == "tiny"
-       else coco_common.coco_config(MODELS[s.model]))
+  c = {"tiny": shapes.get_config, "tiny_fpn": tiny_fpn.get_config,
+       "r50_fpn": coco_r50_fpn.get_config}.get(
+           s.model, lambda: coco_common.coco_config(MODELS[s.model]))()
   c.model.dtype = s.dtype
   c.model.nms_impl = s.nms
   c.data.buckets = ((height, width),)
@@ -211,11 +237,11 @@ def measure(s: Setting, *, height: int, width: int, repeats: int,
   mesh = parallel.create_mesh()
   n_dev = mesh.devices.size
   gb = s.batch * n_dev
-  c = _config(s, height, width, gb)
-  num_classes = 4 if s.model == "tiny" else 81
-  out = {"setting": s, "devices": n_dev}
+  ch, cw = canvas(s.model, height, width)
+  c = _config(s, ch, cw, gb)
+  out = {"setting": s, "devices": n_dev, "canvas": f"{ch}x{cw}"}
   graphdef, tx, sched, state, batch = step_bench.train_setup(
-      c, num_classes, mesh, (height, width), (height, width), gb)
+      c, num_classes(s.model), mesh, (ch, cw), (height, width), gb)
   if do_train:
     fn = train_lib.jit_train_step(
         train_lib.make_train_step(graphdef, tx, sched), mesh)
@@ -273,7 +299,7 @@ def add_rates(row: dict, device_kind: str, measured_peak=None) -> dict:
 
 COLUMNS = (
     ("model", "model", "s"), ("batch", "B/dev", "s"), ("dtype", "dtype", "s"),
-    ("nms", "NMS", "s"),
+    ("nms", "NMS", "s"), ("canvas", "canvas", "s"),
     ("train_compile_s", "train compile s", ".0f"),
     ("train_s", "train step ms", "ms"),
     ("train_img_s", "train img/s", ".1f"),
@@ -316,7 +342,8 @@ def format_table(rows: list[dict]) -> str:
 # -- the Pallas NMS on the device ---------------------------------------------
 
 def nms_check(n: int = 12000, keep: int = 2000, repeats: int = 10) -> str:
-  """Pallas NMS vs jnp NMS on this device: same kept boxes? times."""
+  """Pallas NMS vs jnp NMS on this device: same kept boxes? times. Then
+  the per-level form (the FPN RPN's ``batched_nms``) on the same boxes."""
   # pylint: disable=import-outside-toplevel
   import jax
   from bench.ops_nms import realistic_boxes
@@ -341,11 +368,38 @@ def nms_check(n: int = 12000, keep: int = 2000, repeats: int = 10) -> str:
     return f"Pallas NMS FAILED on this device: {out['pallas'][2]}"
   same = (out["jnp"][0] is not None and
           np.array_equal(out["pallas"][0], out["jnp"][0]))
-  return (f"NMS {n} -> {keep} (IoU 0.7, RPN-like boxes): Pallas kernel "
+  line = (f"NMS {n} -> {keep} (IoU 0.7, RPN-like boxes): Pallas kernel "
           f"{out['pallas'][2]:.2f} ms (compile {out['pallas'][1]:.1f} s), "
           f"jnp {out['jnp'][2]:.2f} ms; kept indices "
           f"{'IDENTICAL' if same else 'DIFFER'} "
           f"({len(out['pallas'][0])} kept)")
+  # The FPN RPN's: the same boxes as 5 levels, torchvision's IoU, levels
+  # never suppressing each other (the kernel's labelled variant).
+  lv = 5
+  per = n // lv
+  b5 = boxes[:per * lv].reshape(lv, per, 4)
+  s5 = scores[:per * lv].reshape(lv, per)
+  res = {}
+  for name, fn in (("pallas", pallas_nms.select_nms("pallas", batched=True)),
+                   ("jnp", nms_lib.batched_nms)):
+    f = jax.jit(lambda b, s, fn=fn: fn(b, s, 0.7, keep, -1.0,
+                                       pixel_offset=0.0))
+    try:
+      r = jax.block_until_ready(f(b5, s5))
+      ms = timing.median_ms(lambda f=f: jax.block_until_ready(f(b5, s5)),
+                            repeats, warmup=False)
+      v = np.asarray(r[4])
+      res[name] = (np.asarray(r[2])[v], np.asarray(r[3])[v], ms)
+    except Exception as e:  # pylint: disable=broad-except
+      res[name] = (None, None, f"{type(e).__name__}: "
+                   f"{str(e).splitlines()[0]}")
+  if res["pallas"][0] is None:
+    return line + f"; per-level Pallas NMS FAILED: {res['pallas'][2]}"
+  same = res["jnp"][0] is not None and all(
+      np.array_equal(a, b) for a, b in zip(res["pallas"][:2], res["jnp"][:2]))
+  return line + (f"; per level ({lv} x {per} -> {keep}, FPN RPN): Pallas "
+                 f"{res['pallas'][2]:.2f} ms, jnp {res['jnp'][2]:.2f} ms, "
+                 f"{'IDENTICAL' if same else 'DIFFER'}")
 
 
 # -- the grid and the budget ----------------------------------------------------
@@ -400,7 +454,7 @@ def run(args) -> tuple[list[dict], str, str]:
                        keep=300 if args.smoke else 2000,
                        repeats=2 if args.smoke else 10)
   print(nms_line, flush=True)
-  pallas_broken = "FAILED" in nms_line
+  pallas_broken = nms_line.startswith("Pallas NMS FAILED")
   for s in build_grid(args):
     elapsed = time.perf_counter() - START
     if s.nms == "pallas" and pallas_broken:
@@ -444,7 +498,8 @@ def run(args) -> tuple[list[dict], str, str]:
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--models", help="comma list of r50, r101 (tiny)")
+  p.add_argument("--models", help="comma list of r50, r101, r50_fpn (tiny, "
+                 "tiny_fpn)")
   p.add_argument("--batches", help="per-device batch sizes, e.g. 1,8,16")
   p.add_argument("--dtypes", help="bfloat16,float32")
   p.add_argument("--nms", help="pallas,jnp (model.nms_impl)")
@@ -489,7 +544,7 @@ def main(argv=None) -> int:
   print("\n$ " + shlex.join([sys.executable, "-m", "bench.accelerator"] +
                             (sys.argv[1:] if argv is None else list(argv))))
   print(f"# jax {jax.__version__}, {len(jax.devices())} x {dev.device_kind} "
-        f"({dev.platform}), {os.cpu_count()} CPUs; canvas {args.height}x"
+        f"({dev.platform}), {os.cpu_count()} CPUs; images {args.height}x"
         f"{args.width}; medians of {args.repeats} after 1 warm-up; random "
         f"weights; peaks: {peaks}; total {time.perf_counter() - START:.0f} s")
   print(f"# {nms_line}")
