@@ -146,8 +146,8 @@ def run(config, workdir: str, source: str, out_dir: str, *, step=None,
   return results
 
 
-def _run_images(model: eval_lib.Predictor, folder: str, files: list[str], out_dir: str,
-                score_thresh: float) -> dict[str, list[dict]]:
+def _run_images(model: eval_lib.Predictor, folder: str, files: list[str],
+                out_dir: str, score_thresh: float) -> dict[str, list[dict]]:
   images = {}
   for f in files:
     path = os.path.join(folder, f)
@@ -192,8 +192,9 @@ def _frames(cv2, cap, max_frames: int) -> Iterator[np.ndarray]:
     yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
-def _run_video(model: eval_lib.Predictor, source: str, kind: str, out_dir: str,
-               score_thresh: float, max_frames: int) -> dict[str, Any]:
+def _run_video(model: eval_lib.Predictor, source: str, kind: str,
+               out_dir: str, score_thresh: float, max_frames: int
+               ) -> dict[str, Any]:
   cv2, cap = _open_capture(source, kind)
   fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or 25.0
   total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if kind == "video" else 0

@@ -17,7 +17,8 @@ Images are resized as evaluation resizes them (``data.scale`` /
 ``max_size``), grouped by canvas bucket and run ``test.batch_size`` at a
 time (``data.loader.image_batches``) through one ``jax.jit`` of the
 detector's ``predict`` (``eval_lib.Predictor``, which demo.py runs too) over
-a mesh of every device JAX has: one compilation per bucket, reused by every later call.
+a mesh of every device JAX has: one compilation per bucket, reused by every
+later call.
 Boxes come back in the pixels of the image as given (inclusive ``(x1, y1,
 x2, y2)``, the package's convention), sorted by score.
 

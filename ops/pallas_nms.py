@@ -33,6 +33,14 @@ Design (the classic GPU NMS: sort, bitmask, sequential greedy pass):
    of the boxes it keeps are OR-ed into ``removed``. It stops as soon as
    ``max_output`` boxes are kept.
 
+Per class (:func:`batched_nms`, the FPN RPN's per-level NMS). The ``K * N``
+entries of ``ops.nms.batched_nms`` are one sorted list; each box carries its
+class as a fifth coordinate (rows ``[5, R]``, columns ``[C, 5]``) and the
+kernel sets a bit only between boxes of the same class, so the greedy pass
+is the per-class greedy NMS of every class at once, without torchvision's
+coordinate offsets. ``pixel_offset`` (static) drops the ``+ 1`` for
+torchvision's IoU.
+
 Blocked prefix (memory). Steps 2-3 run on blocks of ``block_rows`` sorted
 rows (default ``BLOCK_ROWS = 2048``): block ``k`` computes the mask of its
 rows against the sorted columns from its own first row to the end
