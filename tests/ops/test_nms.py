@@ -442,6 +442,21 @@ def test_batched_vmap_over_images(rng):
 # ----------------------------------------------------------------------------
 # pixel_offset=0: torchvision's IoU (the FPN models)
 # ----------------------------------------------------------------------------
+def class_boxes(rng, n: int, k: int, size: float):
+  """``(boxes [n, 4], scores [n], cls [n], per_cls [k, n])``: small boxes
+  (sides 2-12) in a ``size`` square, so that many pairs sit near the
+  thresholds, distinct scores, a class each, and the per-class score table
+  of ``batched_nms`` (-inf where a box is not of the class)."""
+  xy = rng.uniform(0, size, (n, 2))
+  wh = rng.uniform(2, 12, (n, 2))
+  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+  scores = rng.permutation(n).astype(np.float32) / n
+  cls = rng.integers(0, k, n)
+  per_cls = np.full((k, n), -np.inf, np.float32)
+  per_cls[cls, np.arange(n)] = scores
+  return boxes, scores, cls, per_cls
+
+
 def test_pixel_offset_zero_matches_torchvision(rng):
   """nms / batched_nms with pixel_offset=0 keep what torchvision.ops keeps.
 
@@ -451,11 +466,7 @@ def test_pixel_offset_zero_matches_torchvision(rng):
   torch = pytest.importorskip("torch")
   tv_ops = pytest.importorskip("torchvision.ops")
   n, k = 300, 4
-  xy = rng.uniform(0, 60, (n, 2))
-  wh = rng.uniform(2, 12, (n, 2))
-  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
-  scores = rng.permutation(n).astype(np.float32) / n
-  cls = rng.integers(0, k, n)
+  boxes, scores, cls, per_cls = class_boxes(rng, n, k, 60)
   f = jax.jit(lambda b, s, t: nms_lib.nms(b, s, t, n, pixel_offset=0.0))
   differs = False
   for thr in (0.3, 0.5, 0.7):
@@ -469,8 +480,6 @@ def test_pixel_offset_zero_matches_torchvision(rng):
     want_b = tv_ops.batched_nms(torch.from_numpy(boxes),
                                 torch.from_numpy(scores),
                                 torch.from_numpy(cls), thr).numpy()
-    per_cls = np.full((k, n), -np.inf, np.float32)
-    per_cls[cls, np.arange(n)] = scores[np.arange(n)]
     out = nms_lib.batched_nms(boxes, per_cls, thr, n, -1.0, pixel_offset=0.0)
     v = np.asarray(out[4])
     np.testing.assert_array_equal(np.asarray(out[3])[v], want_b)

@@ -18,7 +18,7 @@ import pytest
 
 from ops import nms as nms_lib
 from ops import pallas_nms
-from tests.ops.test_nms import random_boxes, reference
+from tests.ops.test_nms import class_boxes, random_boxes, reference
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 1.0)
 N_PAD = 300  # Sorted list padded to 512 = two blocks of 256 rows.
@@ -399,13 +399,7 @@ def test_batched_matches_torchvision_and_ops_nms(rng):
   torch = pytest.importorskip("torch")
   tv_ops = pytest.importorskip("torchvision.ops")
   n, k = 150, 4
-  xy = rng.uniform(0, 40, (n, 2))
-  wh = rng.uniform(2, 12, (n, 2))
-  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
-  scores = rng.permutation(n).astype(np.float32) / n
-  cls = rng.integers(0, k, n)
-  per_cls = np.full((k, n), -np.inf, np.float32)
-  per_cls[cls, np.arange(n)] = scores
+  boxes, scores, cls, per_cls = class_boxes(rng, n, k, 40)
   for thr in (0.3, 0.7):
     want = tv_ops.batched_nms(torch.from_numpy(boxes),
                               torch.from_numpy(scores),
