@@ -204,13 +204,28 @@ def _pad_to_tiles(x, tile, value):
   return jnp.pad(x, widths, constant_values=value)
 
 
+def _none_kept(max_output: int):
+  """The output of an NMS that keeps nothing: ``(indices, valid)``."""
+  return (jnp.full((max_output,), -1, jnp.int32),
+          jnp.zeros((max_output,), bool))
+
+
+def _kept_indices(order, positions, count, cap: int, max_output: int):
+  """``(indices [max_output], valid)`` from the sorted positions of the
+  ``count`` kept boxes (``positions [cap]``) and the sort's ``order``."""
+  valid = jnp.arange(cap) < count
+  indices = jnp.where(valid, order[jnp.maximum(positions, 0)], -1)
+  pad = max_output - cap
+  return (jnp.pad(indices, (0, pad), constant_values=-1),
+          jnp.pad(valid, (0, pad), constant_values=False))
+
+
 def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output, tile,
               offset=1.0):
   """Shared body of :func:`nms` and :func:`batched_nms`; see :func:`nms`."""
   n = scores.shape[0]
   if max_output == 0 or n == 0:
-    return (jnp.full((max_output,), -1, jnp.int32),
-            jnp.zeros((max_output,), bool))
+    return _none_kept(max_output)
   b, alive, order = _prepare(boxes, scores, present)
   tile = min(tile, -(-n // 8) * 8)  # Small inputs: one small tile.
   b = _pad_to_tiles(b, tile, 0.0)
@@ -221,11 +236,7 @@ def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output, tile,
   cap = min(max_output, n)  # Never more kept than inputs.
   positions, count = _greedy_sorted(b, alive, labels, threshold, cap, tile,
                                     offset)
-  valid = jnp.arange(cap) < count
-  indices = jnp.where(valid, order[jnp.maximum(positions, 0)], -1)
-  pad = max_output - cap
-  return (jnp.pad(indices, (0, pad), constant_values=-1),
-          jnp.pad(valid, (0, pad), constant_values=False))
+  return _kept_indices(order, positions, count, cap, max_output)
 
 
 def nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,

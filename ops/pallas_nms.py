@@ -409,8 +409,7 @@ def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output: int,
   platform = backend.lower() if backend else None
   n = scores.shape[0]
   if max_output == 0 or n == 0:
-    return (jnp.full((max_output,), -1, jnp.int32),
-            jnp.zeros((max_output,), bool))
+    return nms_lib._none_kept(max_output)  # pylint: disable=protected-access
   b, alive, order = nms_lib._prepare(  # pylint: disable=protected-access
       boxes, scores, present)
   if labels is not None:   # A fifth coordinate: small integers, exact.
@@ -438,11 +437,8 @@ def _nms_impl(boxes, scores, present, labels, iou_threshold, max_output: int,
     else:
       state = lax.cond(state[0] < cap, run, lambda s: s, state)
   count, _, positions = state
-  valid = jnp.arange(cap) < count
-  indices = jnp.where(valid, order[jnp.maximum(positions, 0)], -1)
-  pad = max_output - cap
-  return (jnp.pad(indices, (0, pad), constant_values=-1),
-          jnp.pad(valid, (0, pad), constant_values=False))
+  return nms_lib._kept_indices(  # pylint: disable=protected-access
+      order, positions, count, cap, max_output)
 
 
 def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold,
