@@ -185,13 +185,6 @@ class Setting:
     return f"{self.model} B{self.batch} {self.dtype} {self.nms}"
 
 
-def canvas(model: str, height: int, width: int) -> tuple[int, int]:
-  """The canvas a model runs on: the FPN models' sides are multiples of 32
-  (torchvision's padding), the C4 ones' of 16."""
-  k = 32 if model in FPN_MODELS else 16
-  return -(-height // k) * k, -(-width // k) * k
-
-
 def num_classes(model: str) -> int:
   """Class slots, background included: COCO's 81 (C4), torchvision's 91
   (FPN), the synthetic dataset's 4 (tiny)."""
@@ -237,7 +230,7 @@ def measure(s: Setting, *, height: int, width: int, repeats: int,
   mesh = parallel.create_mesh()
   n_dev = mesh.devices.size
   gb = s.batch * n_dev
-  ch, cw = canvas(s.model, height, width)
+  ch, cw = step_bench.canvas_for(s.model, height, width)
   c = _config(s, ch, cw, gb)
   out = {"setting": s, "devices": n_dev, "canvas": f"{ch}x{cw}"}
   graphdef, tx, sched, state, batch = step_bench.train_setup(

@@ -47,8 +47,16 @@ FPN_MODELS = ("r50_fpn",)   # torchvision's fasterrcnn_resnet50_fpn (v1)
 
 def canvas_multiple(model: str) -> int:
   """Canvas sides are multiples of 32 for the FPN models (torchvision's
-  padding), 16 for the C4 ones."""
-  return 32 if model in FPN_MODELS else 16
+  padding; any ``*_fpn`` name, e.g. bench.accelerator's ``tiny_fpn``), 16
+  for the C4 ones."""
+  return 32 if model.endswith("_fpn") else 16
+
+
+def canvas_for(model: str, h: int, w: int) -> tuple[int, int]:
+  """The canvas ``model`` runs an ``h`` x ``w`` image on: the sides rounded
+  up to :func:`canvas_multiple`."""
+  k = canvas_multiple(model)
+  return -(-h // k) * k, -(-w // k) * k
 
 
 class PeakRSS:
@@ -182,8 +190,7 @@ def _ours_setup(model: str, h: int, w: int, batch: int, dtype: str):
   """``(mesh, train_setup's tuple, "HcxWc")``: our detector for ``model`` on
   the canvas ``h`` x ``w`` rounds up to, over every device."""
   from frcnn_jax import parallel  # pylint: disable=import-outside-toplevel
-  k = canvas_multiple(model)
-  hp, wp = -(-h // k) * k, -(-w // k) * k
+  hp, wp = canvas_for(model, h, w)
   c = seed_config(model, hp, wp, batch, dtype)
   mesh = parallel.create_mesh()
   setup = train_setup(c, 91 if model in FPN_MODELS else 21, mesh, (hp, wp),

@@ -51,8 +51,9 @@ def test_grid_and_budget():
   with pytest.raises(SystemExit):
     A.build_grid(A.parse_args(["--models", "r18"]))
   # The FPN models: their canvas in multiples of 32, torchvision's classes.
-  assert A.canvas("r50_fpn", 600, 1000) == (608, 1024)
-  assert A.canvas("r50", 600, 1000) == (608, 1008)
+  assert A.step_bench.canvas_for("r50_fpn", 600, 1000) == (608, 1024)
+  assert A.step_bench.canvas_for("tiny_fpn", 600, 1000) == (608, 1024)
+  assert A.step_bench.canvas_for("r50", 600, 1000) == (608, 1008)
   assert (A.num_classes("r50_fpn"), A.num_classes("r101"),
           A.num_classes("tiny_fpn")) == (91, 81, 4)
   assert A.Setting("r50_fpn", 8, "bfloat16", "pallas") in A.build_grid(
