@@ -334,6 +334,31 @@ def format_table(rows: list[dict]) -> str:
 
 # -- the Pallas NMS on the device ---------------------------------------------
 
+def _time_nms(fns, args, kept, repeats: int) -> dict:
+  """``{name: (kept(result) or None, compile s, median ms or the error)}``
+  for each ``(name, fn)`` of ``fns`` jitted and run on ``args``."""
+  import jax  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name, fn in fns:
+    f = jax.jit(fn)
+    try:
+      t = time.perf_counter()
+      res = jax.block_until_ready(f(*args))
+      compile_s = time.perf_counter() - t
+      ms = timing.median_ms(lambda f=f: jax.block_until_ready(f(*args)),
+                            repeats, warmup=False)
+      out[name] = (kept(res), compile_s, ms)
+    except Exception as e:  # pylint: disable=broad-except
+      out[name] = (None, 0.0, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+  return out
+
+
+def _same(out: dict) -> bool:
+  """The jnp NMS ran and kept what the Pallas one kept."""
+  return out["jnp"][0] is not None and all(
+      np.array_equal(a, b) for a, b in zip(out["pallas"][0], out["jnp"][0]))
+
+
 def nms_check(n: int = 12000, keep: int = 2000, repeats: int = 10) -> str:
   """Pallas NMS vs jnp NMS on this device: same kept boxes? times. Then
   the per-level form (the FPN RPN's ``batched_nms``) on the same boxes."""
@@ -344,55 +369,36 @@ def nms_check(n: int = 12000, keep: int = 2000, repeats: int = 10) -> str:
   from ops import pallas_nms
   # pylint: enable=import-outside-toplevel
   boxes, scores = (jax.device_put(a) for a in realistic_boxes(n, seed=0))
-  out = {}
-  for name, fn in (("pallas", pallas_nms.select_nms("pallas")),
-                   ("jnp", nms_lib.nms)):
-    f = jax.jit(lambda b, s, fn=fn: fn(b, s, 0.7, keep))
-    try:
-      t = time.perf_counter()
-      res = jax.block_until_ready(f(boxes, scores))
-      compile_s = time.perf_counter() - t
-      ms = timing.median_ms(lambda f=f: jax.block_until_ready(
-          f(boxes, scores)), repeats, warmup=False)
-      out[name] = (np.asarray(res[0])[np.asarray(res[1])], compile_s, ms)
-    except Exception as e:  # pylint: disable=broad-except
-      out[name] = (None, 0.0, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+  out = _time_nms(
+      [(name, lambda b, s, fn=fn: fn(b, s, 0.7, keep)) for name, fn in (
+          ("pallas", pallas_nms.select_nms("pallas")), ("jnp", nms_lib.nms))],
+      (boxes, scores), lambda r: (np.asarray(r[0])[np.asarray(r[1])],),
+      repeats)
   if out["pallas"][0] is None:
     return f"Pallas NMS FAILED on this device: {out['pallas'][2]}"
-  same = (out["jnp"][0] is not None and
-          np.array_equal(out["pallas"][0], out["jnp"][0]))
   line = (f"NMS {n} -> {keep} (IoU 0.7, RPN-like boxes): Pallas kernel "
           f"{out['pallas'][2]:.2f} ms (compile {out['pallas'][1]:.1f} s), "
           f"jnp {out['jnp'][2]:.2f} ms; kept indices "
-          f"{'IDENTICAL' if same else 'DIFFER'} "
-          f"({len(out['pallas'][0])} kept)")
+          f"{'IDENTICAL' if _same(out) else 'DIFFER'} "
+          f"({len(out['pallas'][0][0])} kept)")
   # The FPN RPN's: the same boxes as 5 levels, torchvision's IoU, levels
   # never suppressing each other (the kernel's labelled variant).
   lv = 5
   per = n // lv
   b5 = boxes[:per * lv].reshape(lv, per, 4)
   s5 = scores[:per * lv].reshape(lv, per)
-  res = {}
-  for name, fn in (("pallas", pallas_nms.select_nms("pallas", batched=True)),
-                   ("jnp", nms_lib.batched_nms)):
-    f = jax.jit(lambda b, s, fn=fn: fn(b, s, 0.7, keep, -1.0,
-                                       pixel_offset=0.0))
-    try:
-      r = jax.block_until_ready(f(b5, s5))
-      ms = timing.median_ms(lambda f=f: jax.block_until_ready(f(b5, s5)),
-                            repeats, warmup=False)
-      v = np.asarray(r[4])
-      res[name] = (np.asarray(r[2])[v], np.asarray(r[3])[v], ms)
-    except Exception as e:  # pylint: disable=broad-except
-      res[name] = (None, None, f"{type(e).__name__}: "
-                   f"{str(e).splitlines()[0]}")
+  res = _time_nms(
+      [(name, lambda b, s, fn=fn: fn(b, s, 0.7, keep, -1.0, pixel_offset=0.0))
+       for name, fn in (
+           ("pallas", pallas_nms.select_nms("pallas", batched=True)),
+           ("jnp", nms_lib.batched_nms))],
+      (b5, s5), lambda r: (np.asarray(r[2])[np.asarray(r[4])],
+                           np.asarray(r[3])[np.asarray(r[4])]), repeats)
   if res["pallas"][0] is None:
     return line + f"; per-level Pallas NMS FAILED: {res['pallas'][2]}"
-  same = res["jnp"][0] is not None and all(
-      np.array_equal(a, b) for a, b in zip(res["pallas"][:2], res["jnp"][:2]))
   return line + (f"; per level ({lv} x {per} -> {keep}, FPN RPN): Pallas "
                  f"{res['pallas'][2]:.2f} ms, jnp {res['jnp'][2]:.2f} ms, "
-                 f"{'IDENTICAL' if same else 'DIFFER'}")
+                 f"{'IDENTICAL' if _same(res) else 'DIFFER'}")
 
 
 # -- the grid and the budget ----------------------------------------------------
